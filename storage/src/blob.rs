@@ -1,0 +1,305 @@
+//! Blob bytes over any [`ObjectStore`].
+//!
+//! Writes are staged as parts under `uploads/` and reach `blobs/` only through [`BlobStore::commit`],
+//! after the caller verified the digest: a rename for a single part (atomic on a file system) or
+//! a multipart completion (atomic on object stores), so a reader never sees a partial blob.
+
+use crate::error::{Error, Result};
+use crate::paths;
+use berth_oci::Digest;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Size of the parts handed to the backend while streaming a chunk in. Large enough that a
+/// local file system sees few, big writes; S3's 5 MiB minimum part size is below it.
+const PART_CHUNK: usize = 8 * 1024 * 1024;
+/// Parts in flight to the backend per stream: bounds memory per upload to ~PART_CHUNK × this.
+const PART_CONCURRENCY: usize = 2;
+/// Read size when serving a blob from a local file: 8 KiB reads (object_store's default) cost
+/// a thread hop each; 1 MiB keeps a GiB-sized GET at page-cache speed.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// A blob being read: its total size and the requested bytes as a stream.
+pub struct BlobRead {
+    /// Size of the whole blob (not of the range).
+    pub size: u64,
+    /// The bytes of the requested range.
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// Blob bytes, content-addressed, over an object store.
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl BlobStore {
+    /// A store over any backend.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        BlobStore { store }
+    }
+
+    /// A store in a local directory (created if missing).
+    pub fn local(root: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| Error::Backend {
+            key: root.display().to_string(),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .map_err(Error::backend(&Path::from("/")))?
+            // Empty fan-out directories are removed when their last blob goes.
+            .with_automatic_cleanup(true);
+        Ok(Self::new(Arc::new(fs)))
+    }
+
+    /// Size of the blob if its bytes are present.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        let key = paths::blob(digest);
+        match self.store.head(&key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::backend(&key)(e)),
+        }
+    }
+
+    /// Reads `range` (already validated against the size) or the whole blob.
+    pub async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
+        let key = paths::blob(digest);
+        let opts = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let res = self.store.get_opts(&key, opts).await.map_err(Error::backend(&key))?;
+        let size = res.meta.size;
+        let range = res.range.clone();
+        let stream = match res.payload {
+            GetResultPayload::File(file, _) => file_stream(file, range),
+            GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
+        };
+        Ok(BlobRead { size, stream })
+    }
+
+    /// Removes the blob's bytes. Absent is success.
+    pub async fn delete(&self, digest: &Digest) -> Result<()> {
+        self.delete_key(&paths::blob(digest)).await
+    }
+
+    async fn delete_key(&self, key: &Path) -> Result<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::backend(key)(e)),
+        }
+    }
+
+    /// Streams `body` into a new staged part at `key`, feeding every byte to `hasher` on the
+    /// way. Returns the number of bytes written. On any error the part is removed and `hasher`
+    /// must be discarded by the caller.
+    pub async fn write_part<S, E>(&self, key: &Path, mut body: S, hasher: &mut Sha256) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let upload = self.store.put_multipart(key).await.map_err(Error::backend(key))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
+        let mut received = 0u64;
+        loop {
+            let chunk = match body.next().await {
+                None => break,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let _ = writer.abort().await;
+                    return Err(Error::Body {
+                        received,
+                        message: e.to_string(),
+                    });
+                }
+            };
+            hasher.update(&chunk);
+            received += chunk.len() as u64;
+            if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
+                let _ = writer.abort().await;
+                return Err(Error::backend(key)(e));
+            }
+            writer.put(chunk);
+        }
+        writer.finish().await.map_err(Error::backend(key))?;
+        Ok(received)
+    }
+
+    /// Makes the staged `parts` (in order) the blob `digest`. The caller has verified the
+    /// digest. If the blob already exists the parts are dropped: content addressing makes the
+    /// existing bytes identical.
+    pub async fn commit(&self, parts: &[Path], digest: &Digest) -> Result<()> {
+        let key = paths::blob(digest);
+        if self.stat(digest).await?.is_some() {
+            self.delete_parts(parts).await;
+            return Ok(());
+        }
+        match parts {
+            [] => {
+                self.store
+                    .put(&key, Bytes::new().into())
+                    .await
+                    .map_err(Error::backend(&key))?;
+            }
+            [one] => {
+                self.store.rename(one, &key).await.map_err(Error::backend(one))?;
+            }
+            many => {
+                // Concatenate into one multipart upload; completed only once all bytes are in.
+                let upload = self.store.put_multipart(&key).await.map_err(Error::backend(&key))?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
+                for part in many {
+                    let mut s = self.store.get(part).await.map_err(Error::backend(part))?.into_stream();
+                    while let Some(chunk) = s.next().await {
+                        match chunk {
+                            Ok(c) => {
+                                writer.wait_for_capacity(PART_CONCURRENCY).await.map_err(Error::backend(&key))?;
+                                writer.put(c);
+                            }
+                            Err(e) => {
+                                let _ = writer.abort().await;
+                                return Err(Error::backend(part)(e));
+                            }
+                        }
+                    }
+                }
+                writer.finish().await.map_err(Error::backend(&key))?;
+                self.delete_parts(many).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes staged parts from storage: the fallback when a saved hash state cannot be used.
+    pub async fn rehash(&self, parts: &[Path]) -> Result<Sha256> {
+        let mut h = Sha256::new();
+        for part in parts {
+            let mut s = self.store.get(part).await.map_err(Error::backend(part))?.into_stream();
+            while let Some(chunk) = s.next().await {
+                h.update(&chunk.map_err(Error::backend(part))?);
+            }
+        }
+        Ok(h)
+    }
+
+    /// Best-effort removal of staged parts; leftovers are swept with expired sessions.
+    pub async fn delete_parts(&self, parts: &[Path]) {
+        for p in parts {
+            if let Err(e) = self.delete_key(p).await {
+                tracing::warn!(key = %p, error = %e, "could not remove staged part");
+            }
+        }
+    }
+
+    /// Checks the backend answers (for readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        let key = Path::from("blobs");
+        self.store
+            .list_with_delimiter(Some(&key))
+            .await
+            .map(|_| ())
+            .map_err(Error::backend(&key))
+    }
+}
+
+/// Streams a byte range of a local file with large reads on a blocking thread.
+fn file_stream(file: std::fs::File, range: Range<u64>) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut remaining = range.end - range.start;
+        if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        while remaining > 0 {
+            let n = remaining.min(READ_CHUNK as u64) as usize;
+            let mut buf = vec![0u8; n];
+            match file.read_exact(&mut buf) {
+                Ok(()) => {
+                    remaining -= n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
+        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+    }
+
+    async fn read_all(s: &BlobStore, d: &Digest, r: Option<Range<u64>>) -> Vec<u8> {
+        let read = s.get(d, r).await.expect("get");
+        let parts: Vec<Bytes> = read.stream.try_collect().await.expect("stream");
+        parts.concat()
+    }
+
+    /// The suite every backend passes: staged parts become one blob, ranges work, nothing
+    /// is left behind in uploads/.
+    async fn suite(s: BlobStore, raw: Arc<dyn ObjectStore>) {
+        let data = b"hello, world".to_vec();
+        let d = Digest::of(&data);
+        let p1 = paths::upload_part("s1", 0);
+        let p2 = paths::upload_part("s1", 1);
+        let mut h = Sha256::new();
+        assert_eq!(s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h).await.expect("p1"), 7);
+        assert_eq!(s.write_part(&p2, chunks(&[b"world"]), &mut h).await.expect("p2"), 5);
+        assert_eq!(Digest::from_sha256(&h.finalize()), d);
+        assert_eq!(Digest::from_sha256(&s.rehash(&[p1.clone(), p2.clone()]).await.expect("rehash").finalize()), d);
+        assert_eq!(s.stat(&d).await.expect("stat"), None);
+        s.commit(&[p1, p2], &d).await.expect("commit");
+        assert_eq!(s.stat(&d).await.expect("stat"), Some(12));
+        assert_eq!(read_all(&s, &d, None).await, data);
+        assert_eq!(read_all(&s, &d, Some(7..12)).await, b"world");
+        // Committing the same content again is success and drops the new part.
+        let p3 = paths::upload_part("s2", 0);
+        let mut h = Sha256::new();
+        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h).await.expect("p3");
+        s.commit(&[p3], &d).await.expect("recommit");
+        // The empty blob.
+        s.commit(&[], &Digest::empty()).await.expect("empty");
+        assert_eq!(s.stat(&Digest::empty()).await.expect("stat"), Some(0));
+        let left: Vec<_> = raw.list(Some(&Path::from("uploads"))).try_collect().await.expect("list");
+        assert!(left.is_empty(), "staged parts left behind: {left:?}");
+        s.delete(&d).await.expect("delete");
+        s.delete(&d).await.expect("delete twice");
+        assert_eq!(s.stat(&d).await.expect("stat"), None);
+    }
+
+    #[tokio::test]
+    async fn memory_backend() {
+        let raw: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        suite(BlobStore::new(raw.clone()), raw).await;
+    }
+
+    #[tokio::test]
+    async fn local_backend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        suite(BlobStore::local(dir.path()).expect("local"), raw).await;
+    }
+}

@@ -1,0 +1,31 @@
+//! Content-addressed storage for Berth: blob bytes behind [`object_store`], registry metadata in
+//! SQL via sqlx. Knows nothing of HTTP: the registry crate maps [`Error`] onto the
+//! distribution spec's error codes.
+//!
+//! # Layout
+//! - [`paths`]: the only place that maps digests and upload parts to object keys.
+//! - [`blob`]: [`BlobStore`], blob bytes over `Arc<dyn ObjectStore>` (stat, ranged get, staged
+//!   parts, atomic commit).
+//! - [`hashstate`]: SHA-256 state persisted between chunks, so uploads survive a restart.
+//! - [`meta`]: [`Meta`], the metadata repository (repositories, blobs and per-repository links,
+//!   manifests, tags, referrers, upload sessions).
+//! - [`upload`]: upload sessions: stage each chunk as a part while hashing, then verify and
+//!   commit.
+//!
+//! # Invariants
+//! - A blob is visible under its digest only after its bytes hashed to that digest; bytes reach
+//!   the digest's key by rename or a multipart completion, never by an in-place write.
+//! - A repository sees a blob only through its link row: the link lookup is the access check.
+#![deny(missing_docs)]
+
+pub mod blob;
+mod error;
+pub mod hashstate;
+pub mod meta;
+pub mod paths;
+pub mod upload;
+
+pub use blob::{BlobRead, BlobStore};
+pub use error::{Error, Result};
+pub use meta::Meta;
+pub use upload::{Upload, Uploads};

@@ -1,0 +1,606 @@
+//! The metadata repository: repositories, blobs and their per-repository links, manifests,
+//! tags, referrers and upload sessions, in SQL via sqlx.
+//!
+//! SQLite is the embedded default. It takes one writer at a time, so writes go through a
+//! one-connection pool (in-process queueing instead of `SQLITE_BUSY` lock-upgrade failures) and
+//! reads through a pool of readers that WAL mode lets run beside the writer.
+//!
+//! Queries sit next to their use and are written portably (`$n` placeholders, no SQLite-only
+//! functions) so the PostgreSQL backend can share them.
+
+use crate::error::{Error, Result};
+use berth_oci::manifest::ParsedManifest;
+use berth_oci::{Descriptor, Digest};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+/// The embedded migrations, in order. Built by hand from `include_str!` rather than with
+/// `sqlx::migrate!`, which would pull sqlx's proc-macro stack into every build.
+fn migrator() -> Migrator {
+    let m = |version, description, sql| {
+        Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::Corrupt(format!("negative {what}: {v}")))
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse().map_err(|_| Error::Corrupt(format!("stored digest {s:?} is invalid")))
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Its digest (of `content`).
+    pub digest: Digest,
+    /// Media type given or inferred at push.
+    pub media_type: String,
+    /// The exact bytes pushed; `None` when only the head was asked for.
+    pub content: Option<Vec<u8>>,
+    /// Length of the content.
+    pub size: u64,
+}
+
+/// How a manifest is asked for.
+#[derive(Debug, Clone)]
+pub enum Reference<'a> {
+    /// By tag.
+    Tag(&'a str),
+    /// By digest.
+    Digest(&'a Digest),
+}
+
+/// An open upload session's persisted state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Part {
+    /// Object key of the staged bytes.
+    pub key: String,
+    /// Their length.
+    pub size: u64,
+}
+
+/// Upload session row.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    /// Session id.
+    pub id: String,
+    /// Repository it was opened for.
+    pub repo: String,
+    /// Bytes received so far.
+    pub size: u64,
+    /// Staged parts, in order.
+    pub parts: Vec<Part>,
+    /// Saved hash state (see [`crate::hashstate`]).
+    pub hash_state: Option<Vec<u8>>,
+}
+
+/// The metadata repository.
+#[derive(Clone)]
+pub struct Meta {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl Meta {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(Error::db("parsing the database URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(Error::db("opening the database"))?;
+        migrator().run(&write).await.map_err(|e| Error::Database {
+            op: "applying migrations",
+            source: e.into(),
+        })?;
+        // An in-memory database exists per connection: readers must share the writer's.
+        let read = if memory {
+            write.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts.read_only(true))
+                .await
+                .map_err(Error::db("opening the database for reading"))?
+        };
+        Ok(Meta { read, write })
+    }
+
+    /// Checks the database answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await.map_err(Error::db("ping"))?;
+        Ok(())
+    }
+
+    async fn repo_id(&self, repo: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(Error::db("looking up a repository"))
+    }
+
+    async fn ensure_repo(tx: &mut Tx<'_>, repo: &str) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(repo)
+            .bind(now())
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db("creating a repository"))?;
+        sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(Error::db("creating a repository"))
+    }
+
+    async fn begin(&self) -> Result<Tx<'_>> {
+        self.write.begin().await.map_err(Error::db("starting a transaction"))
+    }
+
+    // ---- blobs -------------------------------------------------------------------------
+
+    /// Size of `digest` if `repo` links it.
+    pub async fn linked_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT b.size FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id \
+             JOIN blobs b ON b.digest = l.digest WHERE r.name = $1 AND l.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest.to_string())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(Error::db("looking up a blob link"))?;
+        size.map(|s| to_u64(s, "blob size")).transpose()
+    }
+
+    /// Records the committed blob and links it into `repo`.
+    pub async fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.to_string())
+            .bind(size as i64)
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("recording a blob"))?;
+        Self::link(&mut tx, repo_id, digest).await?;
+        tx.commit().await.map_err(Error::db("recording a blob"))
+    }
+
+    async fn link(tx: &mut Tx<'_>, repo_id: i64, digest: &Digest) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(now())
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db("linking a blob"))?;
+        Ok(())
+    }
+
+    /// Links into `repo` a blob that `from` links (cross-repository mount). Returns the size,
+    /// or `None` when `from` does not have it — then nothing changes.
+    pub async fn mount_blob(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>> {
+        let Some(size) = self.linked_blob(from, digest).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        Self::link(&mut tx, repo_id, digest).await?;
+        tx.commit().await.map_err(Error::db("mounting a blob"))?;
+        Ok(Some(size))
+    }
+
+    /// Removes `repo`'s link to a blob. The bytes stay until garbage collection finds no
+    /// reference, so a concurrent push that relies on them is not broken.
+    pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM repo_blobs WHERE digest = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)",
+        )
+        .bind(digest.to_string())
+        .bind(repo)
+        .execute(&self.write)
+        .await
+        .map_err(Error::db("unlinking a blob"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- manifests ---------------------------------------------------------------------
+
+    /// Stores a manifest (and moves `tag` to it). Every referenced blob must be linked into
+    /// `repo` and every child manifest present in it; the subject need not exist.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        parsed: &ParsedManifest,
+        content: &[u8],
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        for blob in &parsed.blobs {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(blob.digest.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::db("checking manifest references"))?;
+            if found.is_none() {
+                return Err(Error::ManifestBlobUnknown {
+                    repo: repo.to_owned(),
+                    digest: blob.digest.clone(),
+                });
+            }
+        }
+        for child in &parsed.manifests {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(child.digest.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::db("checking manifest references"))?;
+            if found.is_none() {
+                return Err(Error::ManifestBlobUnknown {
+                    repo: repo.to_owned(),
+                    digest: child.digest.clone(),
+                });
+            }
+        }
+        let annotations = match &parsed.annotations {
+            Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::Corrupt(e.to_string()))?),
+            None => None,
+        };
+        sqlx::query(
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.to_string())
+        .bind(&parsed.media_type)
+        .bind(parsed.artifact_type.as_deref())
+        .bind(parsed.subject.as_ref().map(|s| s.digest.to_string()))
+        .bind(annotations)
+        .bind(content)
+        .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("storing a manifest"))?;
+        for child in parsed.blobs.iter().chain(&parsed.manifests) {
+            sqlx::query(
+                "INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(repo_id)
+            .bind(digest.to_string())
+            .bind(child.digest.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("storing manifest references"))?;
+        }
+        if let Some(tag) = tag {
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(digest.to_string())
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("tagging a manifest"))?;
+        }
+        tx.commit().await.map_err(Error::db("storing a manifest"))
+    }
+
+    /// A manifest by tag or digest; with its content when `with_content`.
+    pub async fn get_manifest(&self, repo: &str, reference: Reference<'_>, with_content: bool) -> Result<StoredManifest> {
+        let unknown = || Error::ManifestUnknown {
+            repo: repo.to_owned(),
+            reference: match &reference {
+                Reference::Tag(t) => (*t).to_owned(),
+                Reference::Digest(d) => d.to_string(),
+            },
+        };
+        let (sql, key) = match (&reference, with_content) {
+            (Reference::Tag(t), true) => (
+                "SELECT m.digest, m.media_type, m.content, LENGTH(m.content) FROM tags t \
+                 JOIN repositories r ON r.id = t.repo_id \
+                 JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+                 WHERE r.name = $1 AND t.name = $2",
+                (*t).to_owned(),
+            ),
+            (Reference::Tag(t), false) => (
+                "SELECT m.digest, m.media_type, NULL, LENGTH(m.content) FROM tags t \
+                 JOIN repositories r ON r.id = t.repo_id \
+                 JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+                 WHERE r.name = $1 AND t.name = $2",
+                (*t).to_owned(),
+            ),
+            (Reference::Digest(d), true) => (
+                "SELECT m.digest, m.media_type, m.content, LENGTH(m.content) FROM manifests m \
+                 JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND m.digest = $2",
+                d.to_string(),
+            ),
+            (Reference::Digest(d), false) => (
+                "SELECT m.digest, m.media_type, NULL, LENGTH(m.content) FROM manifests m \
+                 JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND m.digest = $2",
+                d.to_string(),
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(repo)
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(Error::db("reading a manifest"))?
+            .ok_or_else(unknown)?;
+        let digest: String = row.try_get(0).map_err(Error::db("reading a manifest"))?;
+        Ok(StoredManifest {
+            digest: parse_digest(&digest)?,
+            media_type: row.try_get(1).map_err(Error::db("reading a manifest"))?,
+            content: row.try_get(2).map_err(Error::db("reading a manifest"))?,
+            size: to_u64(row.try_get(3).map_err(Error::db("reading a manifest"))?, "manifest size")?,
+        })
+    }
+
+    /// Deletes a manifest by digest, with every tag pointing at it.
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
+        let unknown = || Error::ManifestUnknown {
+            repo: repo.to_owned(),
+            reference: digest.to_string(),
+        };
+        let mut tx = self.begin().await?;
+        let repo_id: i64 = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a manifest"))?
+            .ok_or_else(unknown)?;
+        let d = digest.to_string();
+        let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(&d)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a manifest"))?;
+        if gone.rows_affected() == 0 {
+            return Err(unknown());
+        }
+        for sql in [
+            "DELETE FROM tags WHERE repo_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(repo_id)
+                .bind(&d)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("deleting a manifest"))?;
+        }
+        tx.commit().await.map_err(Error::db("deleting a manifest"))
+    }
+
+    /// Deletes a tag; the manifest stays, reachable by digest.
+    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<()> {
+        let r = sqlx::query(
+            "DELETE FROM tags WHERE name = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)",
+        )
+        .bind(tag)
+        .bind(repo)
+        .execute(&self.write)
+        .await
+        .map_err(Error::db("deleting a tag"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::ManifestUnknown {
+                repo: repo.to_owned(),
+                reference: tag.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Up to `n` tags of `repo` after `last`, in lexical (byte) order.
+    pub async fn tags(&self, repo: &str, n: u32, last: Option<&str>) -> Result<Vec<String>> {
+        let repo_id = self.repo_id(repo).await?.ok_or_else(|| Error::NameUnknown { repo: repo.to_owned() })?;
+        sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repo_id)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n))
+            .fetch_all(&self.read)
+            .await
+            .map_err(Error::db("listing tags"))
+    }
+
+    /// Up to `n` repository names after `last`, in lexical order.
+    pub async fn catalog(&self, n: u32, last: Option<&str>) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n))
+            .fetch_all(&self.read)
+            .await
+            .map_err(Error::db("listing repositories"))
+    }
+
+    /// Manifests in `repo` whose subject is `digest`, optionally of one artifact type.
+    pub async fn referrers(&self, repo: &str, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, LENGTH(m.content) FROM manifests m \
+             JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repo)
+        .bind(digest.to_string())
+        .bind(artifact_type)
+        .fetch_all(&self.read)
+        .await
+        .map_err(Error::db("listing referrers"))?;
+        rows.into_iter()
+            .map(|row| {
+                let d: String = row.try_get(0).map_err(Error::db("listing referrers"))?;
+                let annotations: Option<String> = row.try_get(3).map_err(Error::db("listing referrers"))?;
+                let annotations = match annotations {
+                    Some(a) => Some(
+                        serde_json::from_str::<BTreeMap<String, String>>(&a)
+                            .map_err(|e| Error::Corrupt(format!("annotations of {d}: {e}")))?,
+                    ),
+                    None => None,
+                };
+                Ok(Descriptor {
+                    media_type: row.try_get(1).map_err(Error::db("listing referrers"))?,
+                    digest: parse_digest(&d)?,
+                    size: to_u64(row.try_get(4).map_err(Error::db("listing referrers"))?, "manifest size")?,
+                    artifact_type: row.try_get(2).map_err(Error::db("listing referrers"))?,
+                    annotations,
+                    urls: None,
+                    platform: None,
+                })
+            })
+            .collect()
+    }
+
+    // ---- upload sessions ---------------------------------------------------------------
+
+    /// Opens a session.
+    pub async fn create_upload(&self, id: &str, repo: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, repo, size, parts, hash_state, created_at, updated_at) \
+             VALUES ($1, $2, 0, '[]', NULL, $3, $3)",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(now())
+        .execute(&self.write)
+        .await
+        .map_err(Error::db("opening an upload session"))?;
+        Ok(())
+    }
+
+    /// A session of `repo`.
+    pub async fn get_upload(&self, repo: &str, id: &str) -> Result<UploadRow> {
+        let row = sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
+            .bind(id)
+            .bind(repo)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(Error::db("reading an upload session"))?
+            .ok_or_else(|| Error::UploadUnknown {
+                repo: repo.to_owned(),
+                id: id.to_owned(),
+            })?;
+        let parts: String = row.try_get(1).map_err(Error::db("reading an upload session"))?;
+        Ok(UploadRow {
+            id: id.to_owned(),
+            repo: repo.to_owned(),
+            size: to_u64(row.try_get(0).map_err(Error::db("reading an upload session"))?, "upload size")?,
+            parts: serde_json::from_str(&parts).map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
+            hash_state: row.try_get(2).map_err(Error::db("reading an upload session"))?,
+        })
+    }
+
+    /// Records a new part, only if the session still has `old_size` bytes (compare-and-swap:
+    /// of two concurrent chunks at one offset, exactly one wins). Returns whether it did.
+    pub async fn advance_upload(&self, id: &str, old_size: u64, new: &UploadRow) -> Result<bool> {
+        let parts = serde_json::to_string(&new.parts).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let r = sqlx::query(
+            "UPDATE uploads SET size = $1, parts = $2, hash_state = $3, updated_at = $4 WHERE id = $5 AND size = $6",
+        )
+        .bind(new.size as i64)
+        .bind(parts)
+        .bind(new.hash_state.as_deref())
+        .bind(now())
+        .bind(id)
+        .bind(old_size as i64)
+        .execute(&self.write)
+        .await
+        .map_err(Error::db("recording an upload chunk"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Closes a session. Returns whether it existed.
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await
+            .map_err(Error::db("closing an upload session"))?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_oci::manifest;
+
+    #[tokio::test]
+    async fn manifests_tags_and_referrers() {
+        let meta = Meta::connect("sqlite::memory:").await.expect("db");
+        let cfg = Digest::of(b"{}");
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cfg}","size":2}},"layers":[]}}"#
+        );
+        let parsed = manifest::parse(body.as_bytes(), None).expect("parse");
+        let d = Digest::of(body.as_bytes());
+        let err = meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1")).await;
+        assert!(matches!(err, Err(Error::ManifestBlobUnknown { .. })), "{err:?}");
+        meta.link_blob("a/b", &cfg, 2).await.expect("link");
+        meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1")).await.expect("put");
+        let m = meta.get_manifest("a/b", Reference::Tag("v1"), true).await.expect("get");
+        assert_eq!(m.content.as_deref(), Some(body.as_bytes()));
+        assert_eq!(m.size, body.len() as u64);
+        assert_eq!(meta.tags("a/b", 10, None).await.expect("tags"), vec!["v1"]);
+        assert!(matches!(meta.tags("nope", 10, None).await, Err(Error::NameUnknown { .. })));
+
+        let art = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/x-sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{cfg}","size":2}},"layers":[],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{}}}}}"#,
+            body.len()
+        );
+        let ap = manifest::parse(art.as_bytes(), None).expect("parse");
+        meta.put_manifest("a/b", &Digest::of(art.as_bytes()), &ap, art.as_bytes(), None).await.expect("put");
+        assert_eq!(meta.referrers("a/b", &d, None).await.expect("refs").len(), 1);
+        assert_eq!(meta.referrers("a/b", &d, Some("application/x-sig")).await.expect("refs").len(), 1);
+        assert_eq!(meta.referrers("a/b", &d, Some("other")).await.expect("refs").len(), 0);
+
+        meta.delete_manifest("a/b", &d).await.expect("delete");
+        assert!(meta.tags("a/b", 10, None).await.expect("tags").is_empty());
+        assert!(matches!(meta.delete_manifest("a/b", &d).await, Err(Error::ManifestUnknown { .. })));
+    }
+}
