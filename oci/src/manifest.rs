@@ -81,13 +81,19 @@ fn strip_params(ct: &str) -> &str {
 
 /// Parses `body`, uploaded with `content_type` (if any).
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-    let raw: Raw = serde_json::from_slice(body)
-        .map_err(|e| ManifestError::Invalid(format!("manifest is not valid JSON of the expected shape: {e}")))?;
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
+        ManifestError::Invalid(format!(
+            "manifest is not valid JSON of the expected shape: {e}"
+        ))
+    })?;
     let ct = content_type.map(strip_params).filter(|c| !c.is_empty());
     // A generic JSON content type says nothing about the manifest kind.
     let ct = ct.filter(|c| *c != "application/json" && *c != "application/octet-stream");
 
-    if raw.fs_layers.is_some() || raw.schema_version == Some(1) || ct.is_some_and(|c| c == media::DOCKER_SCHEMA1 || c == media::DOCKER_SCHEMA1_SIGNED) {
+    if raw.fs_layers.is_some()
+        || raw.schema_version == Some(1)
+        || ct.is_some_and(|c| c == media::DOCKER_SCHEMA1 || c == media::DOCKER_SCHEMA1_SIGNED)
+    {
         return Err(ManifestError::Unsupported(
             "Docker schema 1 manifests are not supported: push with a current client (docker ≥ 1.10 writes schema 2)".into(),
         ));
@@ -113,30 +119,34 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         )));
     }
     let (blobs, manifests, artifact_type) = if media::is_index(&media_type) {
-        let manifests = raw
-            .manifests
-            .ok_or_else(|| ManifestError::Invalid("an index must have a \"manifests\" array".into()))?;
+        let manifests = raw.manifests.ok_or_else(|| {
+            ManifestError::Invalid("an index must have a \"manifests\" array".into())
+        })?;
         if raw.config.is_some() || raw.layers.is_some() {
-            return Err(ManifestError::Invalid("an index must not have \"config\" or \"layers\"".into()));
+            return Err(ManifestError::Invalid(
+                "an index must not have \"config\" or \"layers\"".into(),
+            ));
         }
         (Vec::new(), manifests, raw.artifact_type)
     } else {
-        let config = raw
-            .config
-            .ok_or_else(|| ManifestError::Invalid("an image manifest must have a \"config\" descriptor".into()))?;
-        let layers = raw
-            .layers
-            .ok_or_else(|| ManifestError::Invalid("an image manifest must have a \"layers\" array".into()))?;
+        let config = raw.config.ok_or_else(|| {
+            ManifestError::Invalid("an image manifest must have a \"config\" descriptor".into())
+        })?;
+        let layers = raw.layers.ok_or_else(|| {
+            ManifestError::Invalid("an image manifest must have a \"layers\" array".into())
+        })?;
         if raw.manifests.is_some() {
-            return Err(ManifestError::Invalid("an image manifest must not have \"manifests\"".into()));
+            return Err(ManifestError::Invalid(
+                "an image manifest must not have \"manifests\"".into(),
+            ));
         }
-        let artifact_type = raw.artifact_type.or_else(|| Some(config.media_type.clone()));
+        let artifact_type = raw
+            .artifact_type
+            .or_else(|| Some(config.media_type.clone()));
         let mut blobs = vec![config];
-        blobs.extend(
-            layers
-                .into_iter()
-                .filter(|l| !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()) && l.urls.is_none()),
-        );
+        blobs.extend(layers.into_iter().filter(|l| {
+            !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()) && l.urls.is_none()
+        }));
         (blobs, Vec::new(), artifact_type)
     };
     Ok(ParsedManifest {
@@ -163,19 +173,31 @@ mod tests {
         );
         let m = parse(body.as_bytes(), Some(media::OCI_MANIFEST)).expect("valid");
         assert_eq!(m.blobs.len(), 2);
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert!(parse(body.as_bytes(), None).is_ok());
-        assert!(matches!(parse(body.as_bytes(), Some(media::OCI_INDEX)), Err(ManifestError::Invalid(_))));
+        assert!(matches!(
+            parse(body.as_bytes(), Some(media::OCI_INDEX)),
+            Err(ManifestError::Invalid(_))
+        ));
     }
 
     #[test]
     fn index_and_errors() {
-        let body = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{D}","size":2}}]}}"#, media::OCI_MANIFEST);
+        let body = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{D}","size":2}}]}}"#,
+            media::OCI_MANIFEST
+        );
         let m = parse(body.as_bytes(), Some(media::OCI_INDEX)).expect("valid");
         assert_eq!(m.manifests.len(), 1);
         assert_eq!(m.media_type, media::OCI_INDEX);
         assert!(matches!(parse(b"{", None), Err(ManifestError::Invalid(_))));
-        assert!(matches!(parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None), Err(ManifestError::Unsupported(_))));
+        assert!(matches!(
+            parse(br#"{"schemaVersion":1,"fsLayers":[]}"#, None),
+            Err(ManifestError::Unsupported(_))
+        ));
         assert!(matches!(
             parse(br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:zz","size":1},"layers":[]}"#, None),
             Err(ManifestError::Invalid(_))

@@ -15,7 +15,9 @@ pub enum NameError {
     #[error("invalid repository name {0:?}: use lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'")]
     Repository(String),
     /// The tag breaks `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-    #[error("invalid tag {0:?}: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'")]
+    #[error(
+        "invalid tag {0:?}: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+    )]
     Tag(String),
 }
 
@@ -69,8 +71,7 @@ pub fn validate_tag(tag: &str) -> Result<(), NameError> {
     let ok = !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
@@ -85,10 +86,18 @@ mod tests {
 
     #[test]
     fn repository_names() {
-        for ok in ["a", "library/busybox", "team/app", "a.b_c__d---e/f0", "0/1/2"] {
+        for ok in [
+            "a",
+            "library/busybox",
+            "team/app",
+            "a.b_c__d---e/f0",
+            "0/1/2",
+        ] {
             assert_eq!(validate_repository(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a_", "a___b", "-a", "a..b", "a:b", "a/../b", "a b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a_", "a___b", "-a", "a..b", "a:b", "a/../b", "a b",
+        ] {
             assert!(validate_repository(bad).is_err(), "{bad}");
         }
         assert!(validate_repository(&"a".repeat(256)).is_err());

@@ -79,7 +79,11 @@ impl BlobStore {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        let res = self.store.get_opts(&key, opts).await.map_err(Error::backend(&key))?;
+        let res = self
+            .store
+            .get_opts(&key, opts)
+            .await
+            .map_err(Error::backend(&key))?;
         let size = res.meta.size;
         let range = res.range.clone();
         let stream = match res.payload {
@@ -104,12 +108,21 @@ impl BlobStore {
     /// Streams `body` into a new staged part at `key`, feeding every byte to `hasher` on the
     /// way. Returns the number of bytes written. On any error the part is removed and `hasher`
     /// must be discarded by the caller.
-    pub async fn write_part<S, E>(&self, key: &Path, mut body: S, hasher: &mut Sha256) -> Result<u64>
+    pub async fn write_part<S, E>(
+        &self,
+        key: &Path,
+        mut body: S,
+        hasher: &mut Sha256,
+    ) -> Result<u64>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let upload = self.store.put_multipart(key).await.map_err(Error::backend(key))?;
+        let upload = self
+            .store
+            .put_multipart(key)
+            .await
+            .map_err(Error::backend(key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
         let mut received = 0u64;
         loop {
@@ -153,18 +166,33 @@ impl BlobStore {
                     .map_err(Error::backend(&key))?;
             }
             [one] => {
-                self.store.rename(one, &key).await.map_err(Error::backend(one))?;
+                self.store
+                    .rename(one, &key)
+                    .await
+                    .map_err(Error::backend(one))?;
             }
             many => {
                 // Concatenate into one multipart upload; completed only once all bytes are in.
-                let upload = self.store.put_multipart(&key).await.map_err(Error::backend(&key))?;
+                let upload = self
+                    .store
+                    .put_multipart(&key)
+                    .await
+                    .map_err(Error::backend(&key))?;
                 let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
                 for part in many {
-                    let mut s = self.store.get(part).await.map_err(Error::backend(part))?.into_stream();
+                    let mut s = self
+                        .store
+                        .get(part)
+                        .await
+                        .map_err(Error::backend(part))?
+                        .into_stream();
                     while let Some(chunk) = s.next().await {
                         match chunk {
                             Ok(c) => {
-                                writer.wait_for_capacity(PART_CONCURRENCY).await.map_err(Error::backend(&key))?;
+                                writer
+                                    .wait_for_capacity(PART_CONCURRENCY)
+                                    .await
+                                    .map_err(Error::backend(&key))?;
                                 writer.put(c);
                             }
                             Err(e) => {
@@ -185,7 +213,12 @@ impl BlobStore {
     pub async fn rehash(&self, parts: &[Path]) -> Result<Sha256> {
         let mut h = Sha256::new();
         for part in parts {
-            let mut s = self.store.get(part).await.map_err(Error::backend(part))?.into_stream();
+            let mut s = self
+                .store
+                .get(part)
+                .await
+                .map_err(Error::backend(part))?
+                .into_stream();
             while let Some(chunk) = s.next().await {
                 h.update(&chunk.map_err(Error::backend(part))?);
             }
@@ -214,7 +247,10 @@ impl BlobStore {
 }
 
 /// Streams a byte range of a local file with large reads on a blocking thread.
-fn file_stream(file: std::fs::File, range: Range<u64>) -> BoxStream<'static, std::io::Result<Bytes>> {
+fn file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut file = file;
@@ -240,7 +276,10 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> BoxStream<'static, std
             }
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 #[cfg(test)]
@@ -248,8 +287,15 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    fn chunks(parts: &[&'static [u8]]) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
-        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+    fn chunks(
+        parts: &[&'static [u8]],
+    ) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     async fn read_all(s: &BlobStore, d: &Digest, r: Option<Range<u64>>) -> Vec<u8> {
@@ -266,10 +312,28 @@ mod tests {
         let p1 = paths::upload_part("s1", 0);
         let p2 = paths::upload_part("s1", 1);
         let mut h = Sha256::new();
-        assert_eq!(s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h).await.expect("p1"), 7);
-        assert_eq!(s.write_part(&p2, chunks(&[b"world"]), &mut h).await.expect("p2"), 5);
+        assert_eq!(
+            s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h)
+                .await
+                .expect("p1"),
+            7
+        );
+        assert_eq!(
+            s.write_part(&p2, chunks(&[b"world"]), &mut h)
+                .await
+                .expect("p2"),
+            5
+        );
         assert_eq!(Digest::from_sha256(&h.finalize()), d);
-        assert_eq!(Digest::from_sha256(&s.rehash(&[p1.clone(), p2.clone()]).await.expect("rehash").finalize()), d);
+        assert_eq!(
+            Digest::from_sha256(
+                &s.rehash(&[p1.clone(), p2.clone()])
+                    .await
+                    .expect("rehash")
+                    .finalize()
+            ),
+            d
+        );
         assert_eq!(s.stat(&d).await.expect("stat"), None);
         s.commit(&[p1, p2], &d).await.expect("commit");
         assert_eq!(s.stat(&d).await.expect("stat"), Some(12));
@@ -278,12 +342,18 @@ mod tests {
         // Committing the same content again is success and drops the new part.
         let p3 = paths::upload_part("s2", 0);
         let mut h = Sha256::new();
-        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h).await.expect("p3");
+        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h)
+            .await
+            .expect("p3");
         s.commit(&[p3], &d).await.expect("recommit");
         // The empty blob.
         s.commit(&[], &Digest::empty()).await.expect("empty");
         assert_eq!(s.stat(&Digest::empty()).await.expect("stat"), Some(0));
-        let left: Vec<_> = raw.list(Some(&Path::from("uploads"))).try_collect().await.expect("list");
+        let left: Vec<_> = raw
+            .list(Some(&Path::from("uploads")))
+            .try_collect()
+            .await
+            .expect("list");
         assert!(left.is_empty(), "staged parts left behind: {left:?}");
         s.delete(&d).await.expect("delete");
         s.delete(&d).await.expect("delete twice");
@@ -299,7 +369,8 @@ mod tests {
     #[tokio::test]
     async fn local_backend() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let raw: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let raw: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
         suite(BlobStore::local(dir.path()).expect("local"), raw).await;
     }
 }

@@ -105,7 +105,9 @@ impl Error {
         move |source| Error::Database { op, source }
     }
 
-    pub(crate) fn backend(key: &object_store::path::Path) -> impl FnOnce(object_store::Error) -> Error + '_ {
+    pub(crate) fn backend(
+        key: &object_store::path::Path,
+    ) -> impl FnOnce(object_store::Error) -> Error + '_ {
         move |source| Error::Backend {
             key: key.to_string(),
             source,

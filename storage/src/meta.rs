@@ -25,10 +25,20 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 /// `sqlx::migrate!`, which would pull sqlx's proc-macro stack into every build.
 fn migrator() -> Migrator {
     let m = |version, description, sql| {
-        Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
+        Migration::new(
+            version,
+            Cow::Borrowed(description),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )
     };
     Migrator {
-        migrations: Cow::Owned(vec![m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))]),
+        migrations: Cow::Owned(vec![m(
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        )]),
         ..Migrator::DEFAULT
     }
 }
@@ -45,7 +55,8 @@ fn to_u64(v: i64, what: &str) -> Result<u64> {
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
-    s.parse().map_err(|_| Error::Corrupt(format!("stored digest {s:?} is invalid")))
+    s.parse()
+        .map_err(|_| Error::Corrupt(format!("stored digest {s:?} is invalid")))
 }
 
 /// A manifest as stored.
@@ -137,7 +148,10 @@ impl Meta {
 
     /// Checks the database answers (readiness).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await.map_err(Error::db("ping"))?;
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(Error::db("ping"))?;
         Ok(())
     }
 
@@ -164,7 +178,10 @@ impl Meta {
     }
 
     async fn begin(&self) -> Result<Tx<'_>> {
-        self.write.begin().await.map_err(Error::db("starting a transaction"))
+        self.write
+            .begin()
+            .await
+            .map_err(Error::db("starting a transaction"))
     }
 
     // ---- blobs -------------------------------------------------------------------------
@@ -331,7 +348,12 @@ impl Meta {
     }
 
     /// A manifest by tag or digest; with its content when `with_content`.
-    pub async fn get_manifest(&self, repo: &str, reference: Reference<'_>, with_content: bool) -> Result<StoredManifest> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: Reference<'_>,
+        with_content: bool,
+    ) -> Result<StoredManifest> {
         let unknown = || Error::ManifestUnknown {
             repo: repo.to_owned(),
             reference: match &reference {
@@ -377,7 +399,10 @@ impl Meta {
             digest: parse_digest(&digest)?,
             media_type: row.try_get(1).map_err(Error::db("reading a manifest"))?,
             content: row.try_get(2).map_err(Error::db("reading a manifest"))?,
-            size: to_u64(row.try_get(3).map_err(Error::db("reading a manifest"))?, "manifest size")?,
+            size: to_u64(
+                row.try_get(3).map_err(Error::db("reading a manifest"))?,
+                "manifest size",
+            )?,
         })
     }
 
@@ -439,14 +464,21 @@ impl Meta {
 
     /// Up to `n` tags of `repo` after `last`, in lexical (byte) order.
     pub async fn tags(&self, repo: &str, n: u32, last: Option<&str>) -> Result<Vec<String>> {
-        let repo_id = self.repo_id(repo).await?.ok_or_else(|| Error::NameUnknown { repo: repo.to_owned() })?;
-        sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3")
-            .bind(repo_id)
-            .bind(last.unwrap_or(""))
-            .bind(i64::from(n))
-            .fetch_all(&self.read)
-            .await
-            .map_err(Error::db("listing tags"))
+        let repo_id = self
+            .repo_id(repo)
+            .await?
+            .ok_or_else(|| Error::NameUnknown {
+                repo: repo.to_owned(),
+            })?;
+        sqlx::query_scalar(
+            "SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(n))
+        .fetch_all(&self.read)
+        .await
+        .map_err(Error::db("listing tags"))
     }
 
     /// Up to `n` repository names after `last`, in lexical order.
@@ -460,7 +492,12 @@ impl Meta {
     }
 
     /// Manifests in `repo` whose subject is `digest`, optionally of one artifact type.
-    pub async fn referrers(&self, repo: &str, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, LENGTH(m.content) FROM manifests m \
              JOIN repositories r ON r.id = m.repo_id \
@@ -475,7 +512,8 @@ impl Meta {
         rows.into_iter()
             .map(|row| {
                 let d: String = row.try_get(0).map_err(Error::db("listing referrers"))?;
-                let annotations: Option<String> = row.try_get(3).map_err(Error::db("listing referrers"))?;
+                let annotations: Option<String> =
+                    row.try_get(3).map_err(Error::db("listing referrers"))?;
                 let annotations = match annotations {
                     Some(a) => Some(
                         serde_json::from_str::<BTreeMap<String, String>>(&a)
@@ -486,7 +524,10 @@ impl Meta {
                 Ok(Descriptor {
                     media_type: row.try_get(1).map_err(Error::db("listing referrers"))?,
                     digest: parse_digest(&d)?,
-                    size: to_u64(row.try_get(4).map_err(Error::db("listing referrers"))?, "manifest size")?,
+                    size: to_u64(
+                        row.try_get(4).map_err(Error::db("listing referrers"))?,
+                        "manifest size",
+                    )?,
                     artifact_type: row.try_get(2).map_err(Error::db("listing referrers"))?,
                     annotations,
                     urls: None,
@@ -515,23 +556,33 @@ impl Meta {
 
     /// A session of `repo`.
     pub async fn get_upload(&self, repo: &str, id: &str) -> Result<UploadRow> {
-        let row = sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
-            .bind(id)
-            .bind(repo)
-            .fetch_optional(&self.write)
-            .await
-            .map_err(Error::db("reading an upload session"))?
-            .ok_or_else(|| Error::UploadUnknown {
-                repo: repo.to_owned(),
-                id: id.to_owned(),
-            })?;
-        let parts: String = row.try_get(1).map_err(Error::db("reading an upload session"))?;
+        let row =
+            sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
+                .bind(id)
+                .bind(repo)
+                .fetch_optional(&self.write)
+                .await
+                .map_err(Error::db("reading an upload session"))?
+                .ok_or_else(|| Error::UploadUnknown {
+                    repo: repo.to_owned(),
+                    id: id.to_owned(),
+                })?;
+        let parts: String = row
+            .try_get(1)
+            .map_err(Error::db("reading an upload session"))?;
         Ok(UploadRow {
             id: id.to_owned(),
             repo: repo.to_owned(),
-            size: to_u64(row.try_get(0).map_err(Error::db("reading an upload session"))?, "upload size")?,
-            parts: serde_json::from_str(&parts).map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
-            hash_state: row.try_get(2).map_err(Error::db("reading an upload session"))?,
+            size: to_u64(
+                row.try_get(0)
+                    .map_err(Error::db("reading an upload session"))?,
+                "upload size",
+            )?,
+            parts: serde_json::from_str(&parts)
+                .map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
+            hash_state: row
+                .try_get(2)
+                .map_err(Error::db("reading an upload session"))?,
         })
     }
 
@@ -579,28 +630,67 @@ mod tests {
         );
         let parsed = manifest::parse(body.as_bytes(), None).expect("parse");
         let d = Digest::of(body.as_bytes());
-        let err = meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1")).await;
-        assert!(matches!(err, Err(Error::ManifestBlobUnknown { .. })), "{err:?}");
+        let err = meta
+            .put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1"))
+            .await;
+        assert!(
+            matches!(err, Err(Error::ManifestBlobUnknown { .. })),
+            "{err:?}"
+        );
         meta.link_blob("a/b", &cfg, 2).await.expect("link");
-        meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1")).await.expect("put");
-        let m = meta.get_manifest("a/b", Reference::Tag("v1"), true).await.expect("get");
+        meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1"))
+            .await
+            .expect("put");
+        let m = meta
+            .get_manifest("a/b", Reference::Tag("v1"), true)
+            .await
+            .expect("get");
         assert_eq!(m.content.as_deref(), Some(body.as_bytes()));
         assert_eq!(m.size, body.len() as u64);
         assert_eq!(meta.tags("a/b", 10, None).await.expect("tags"), vec!["v1"]);
-        assert!(matches!(meta.tags("nope", 10, None).await, Err(Error::NameUnknown { .. })));
+        assert!(matches!(
+            meta.tags("nope", 10, None).await,
+            Err(Error::NameUnknown { .. })
+        ));
 
         let art = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/x-sig","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{cfg}","size":2}},"layers":[],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{}}}}}"#,
             body.len()
         );
         let ap = manifest::parse(art.as_bytes(), None).expect("parse");
-        meta.put_manifest("a/b", &Digest::of(art.as_bytes()), &ap, art.as_bytes(), None).await.expect("put");
-        assert_eq!(meta.referrers("a/b", &d, None).await.expect("refs").len(), 1);
-        assert_eq!(meta.referrers("a/b", &d, Some("application/x-sig")).await.expect("refs").len(), 1);
-        assert_eq!(meta.referrers("a/b", &d, Some("other")).await.expect("refs").len(), 0);
+        meta.put_manifest(
+            "a/b",
+            &Digest::of(art.as_bytes()),
+            &ap,
+            art.as_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+        assert_eq!(
+            meta.referrers("a/b", &d, None).await.expect("refs").len(),
+            1
+        );
+        assert_eq!(
+            meta.referrers("a/b", &d, Some("application/x-sig"))
+                .await
+                .expect("refs")
+                .len(),
+            1
+        );
+        assert_eq!(
+            meta.referrers("a/b", &d, Some("other"))
+                .await
+                .expect("refs")
+                .len(),
+            0
+        );
 
         meta.delete_manifest("a/b", &d).await.expect("delete");
         assert!(meta.tags("a/b", 10, None).await.expect("tags").is_empty());
-        assert!(matches!(meta.delete_manifest("a/b", &d).await, Err(Error::ManifestUnknown { .. })));
+        assert!(matches!(
+            meta.delete_manifest("a/b", &d).await,
+            Err(Error::ManifestUnknown { .. })
+        ));
     }
 }

@@ -61,7 +61,10 @@ impl Uploads {
     /// The session's progress.
     pub async fn status(&self, repo: &str, id: &str) -> Result<Upload> {
         let row = self.meta.get_upload(repo, id).await?;
-        Ok(Upload { id: row.id, size: row.size })
+        Ok(Upload {
+            id: row.id,
+            size: row.size,
+        })
     }
 
     /// The hasher for everything received so far: from the saved state, or by re-reading the
@@ -77,21 +80,33 @@ impl Uploads {
         self.blobs.rehash(&part_keys(row)).await
     }
 
-    async fn append_row<S, E>(&self, row: UploadRow, check: ChunkCheck, body: S) -> Result<(UploadRow, Sha256)>
+    async fn append_row<S, E>(
+        &self,
+        row: UploadRow,
+        check: ChunkCheck,
+        body: S,
+    ) -> Result<(UploadRow, Sha256)>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
         if let Some(start) = check.start {
             if start != row.size {
-                return Err(Error::OutOfOrder { offset: row.size, start });
+                return Err(Error::OutOfOrder {
+                    offset: row.size,
+                    start,
+                });
             }
         }
         let mut hasher = self.hasher(&row).await?;
         let key = paths::upload_part(&row.id, row.parts.len());
-        let written = self.blobs.write_part(&key, body, &mut hasher).await.inspect_err(|_| {
-            // write_part removed what it staged; the session is unchanged.
-        })?;
+        let written = self
+            .blobs
+            .write_part(&key, body, &mut hasher)
+            .await
+            .inspect_err(|_| {
+                // write_part removed what it staged; the session is unchanged.
+            })?;
         if let Some(declared) = check.len {
             if declared != written {
                 self.blobs.delete_parts(std::slice::from_ref(&key)).await;
@@ -126,20 +141,36 @@ impl Uploads {
     }
 
     /// Appends one chunk to the session.
-    pub async fn append<S, E>(&self, repo: &str, id: &str, check: ChunkCheck, body: S) -> Result<Upload>
+    pub async fn append<S, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        check: ChunkCheck,
+        body: S,
+    ) -> Result<Upload>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
         let row = self.meta.get_upload(repo, id).await?;
         let (row, _) = self.append_row(row, check, body).await?;
-        Ok(Upload { id: row.id, size: row.size })
+        Ok(Upload {
+            id: row.id,
+            size: row.size,
+        })
     }
 
     /// Appends the final chunk (if any), verifies `digest` and commits the blob into `repo`.
     /// Returns the blob's size. On a digest mismatch the session stays open and unchanged
     /// apart from the final chunk, so nothing already sent is lost.
-    pub async fn finish<S, E>(&self, repo: &str, id: &str, digest: &Digest, check: ChunkCheck, body: Option<S>) -> Result<u64>
+    pub async fn finish<S, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        check: ChunkCheck,
+        body: Option<S>,
+    ) -> Result<u64>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -175,7 +206,10 @@ impl Uploads {
 }
 
 fn part_keys(row: &UploadRow) -> Vec<Path> {
-    row.parts.iter().map(|p| Path::from(p.key.as_str())).collect()
+    row.parts
+        .iter()
+        .map(|p| Path::from(p.key.as_str()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -201,35 +235,100 @@ mod tests {
     async fn chunked_upload_survives_lost_hash_state() {
         let (up, meta, blobs) = setup().await;
         let u = up.start("r").await.expect("start");
-        up.append("r", &u.id, ChunkCheck { start: Some(0), len: Some(3) }, body(b"abc")).await.expect("c1");
-        let err = up.append("r", &u.id, ChunkCheck { start: Some(0), len: None }, body(b"abc")).await;
-        assert!(matches!(err, Err(Error::OutOfOrder { offset: 3, start: 0 })), "{err:?}");
+        up.append(
+            "r",
+            &u.id,
+            ChunkCheck {
+                start: Some(0),
+                len: Some(3),
+            },
+            body(b"abc"),
+        )
+        .await
+        .expect("c1");
+        let err = up
+            .append(
+                "r",
+                &u.id,
+                ChunkCheck {
+                    start: Some(0),
+                    len: None,
+                },
+                body(b"abc"),
+            )
+            .await;
+        assert!(
+            matches!(
+                err,
+                Err(Error::OutOfOrder {
+                    offset: 3,
+                    start: 0
+                })
+            ),
+            "{err:?}"
+        );
         // Simulate a state written by an unknown future format: the fallback re-hashes.
         let mut row = meta.get_upload("r", &u.id).await.expect("row");
         row.hash_state = Some(vec![99]);
         assert!(meta.advance_upload(&u.id, 3, &row).await.expect("cas"));
-        up.append("r", &u.id, ChunkCheck::default(), body(b"def")).await.expect("c2");
+        up.append("r", &u.id, ChunkCheck::default(), body(b"def"))
+            .await
+            .expect("c2");
         let wrong = Digest::of(b"abcdeX");
         assert!(matches!(
-            up.finish("r", &u.id, &wrong, ChunkCheck::default(), None::<Chunks>).await,
+            up.finish("r", &u.id, &wrong, ChunkCheck::default(), None::<Chunks>)
+                .await,
             Err(Error::DigestMismatch { .. })
         ));
         let d = Digest::of(b"abcdef");
-        assert_eq!(up.finish("r", &u.id, &d, ChunkCheck::default(), None::<Chunks>).await.expect("finish"), 6);
+        assert_eq!(
+            up.finish("r", &u.id, &d, ChunkCheck::default(), None::<Chunks>)
+                .await
+                .expect("finish"),
+            6
+        );
         assert_eq!(meta.linked_blob("r", &d).await.expect("link"), Some(6));
         assert_eq!(blobs.stat(&d).await.expect("stat"), Some(6));
-        assert!(matches!(up.status("r", &u.id).await, Err(Error::UploadUnknown { .. })));
+        assert!(matches!(
+            up.status("r", &u.id).await,
+            Err(Error::UploadUnknown { .. })
+        ));
     }
 
     #[tokio::test]
     async fn sessions_are_per_repository_and_cancel_cleans_up() {
         let (up, _meta, _blobs) = setup().await;
         let u = up.start("r").await.expect("start");
-        assert!(matches!(up.status("other", &u.id).await, Err(Error::UploadUnknown { .. })));
-        let err = up.append("r", &u.id, ChunkCheck { start: None, len: Some(5) }, body(b"abc")).await;
-        assert!(matches!(err, Err(Error::SizeMismatch { declared: 5, received: 3 })), "{err:?}");
+        assert!(matches!(
+            up.status("other", &u.id).await,
+            Err(Error::UploadUnknown { .. })
+        ));
+        let err = up
+            .append(
+                "r",
+                &u.id,
+                ChunkCheck {
+                    start: None,
+                    len: Some(5),
+                },
+                body(b"abc"),
+            )
+            .await;
+        assert!(
+            matches!(
+                err,
+                Err(Error::SizeMismatch {
+                    declared: 5,
+                    received: 3
+                })
+            ),
+            "{err:?}"
+        );
         assert_eq!(up.status("r", &u.id).await.expect("status").size, 0);
         up.cancel("r", &u.id).await.expect("cancel");
-        assert!(matches!(up.cancel("r", &u.id).await, Err(Error::UploadUnknown { .. })));
+        assert!(matches!(
+            up.cancel("r", &u.id).await,
+            Err(Error::UploadUnknown { .. })
+        ));
     }
 }

@@ -1,0 +1,306 @@
+//! HTTP layer: routing, one module per resource, and per-request context.
+//!
+//! Repository names contain `/`, so `/v2/<name>/…` cannot be matched by a router pattern:
+//! [`parse_route`] reads the path from its end (the resource keyword is always the second- or
+//! third-to-last segment) and handlers receive an already validated name.
+
+mod blobs;
+mod catalog;
+pub mod error;
+mod manifests;
+mod referrers;
+mod uploads;
+
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use berth_oci::{validate_repository, Digest};
+use error::AppError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Instrument;
+
+/// The request as a route: which resource, for which repository.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags(String),
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(String, String),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(String, String),
+    /// `/v2/<name>/blobs/uploads/` (empty id) or `/v2/<name>/blobs/uploads/<id>`
+    Upload(String, String),
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(String, String),
+}
+
+/// Maps a `/v2/…` path (percent-decoded) to a route; `None` when it names no resource.
+pub(crate) fn parse_route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v2")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::Base);
+    }
+    let rest = rest.strip_prefix('/')?;
+    if rest == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let name = |k: usize| segs[..n - k].join("/");
+    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+        return Some(Route::Tags(name(2)));
+    }
+    if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+        return Some(Route::Upload(name(3), segs[n - 1].to_owned()));
+    }
+    if n >= 3 {
+        let last = segs[n - 1].to_owned();
+        match segs[n - 2] {
+            "manifests" => return Some(Route::Manifest(name(2), last)),
+            "blobs" => return Some(Route::Blob(name(2), last)),
+            "referrers" => return Some(Route::Referrers(name(2), last)),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses a digest from a path or query, as the spec's DIGEST_INVALID on failure.
+pub(crate) fn parse_digest(s: &str) -> Result<Digest, AppError> {
+    s.parse().map_err(AppError::digest_invalid)
+}
+
+/// The router: the whole HTTP surface of the registry.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
+        .route("/v2/{*path}", any(dispatch))
+        .fallback(|| async {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such endpoint: the registry API lives under /v2/",
+            )
+        })
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = state.meta.ping().await;
+    let store = state.blobs.ping().await;
+    match (db, store) {
+        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        (db, store) => {
+            let msg = format!(
+                "not ready: database {}, storage {}\n",
+                db.map_or_else(|e| e.to_string(), |_| "ok".into()),
+                store.map_or_else(|e| e.to_string(), |_| "ok".into())
+            );
+            tracing::warn!("{}", msg.trim_end());
+            (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
+        }
+    }
+}
+
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    match route(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
+    let path = percent_decode(req.uri().path()).ok_or_else(|| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "the request path is not valid UTF-8",
+        )
+    })?;
+    let route = parse_route(&path).ok_or_else(|| {
+        AppError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no such endpoint: {path}"),
+        )
+    })?;
+    let name = match &route {
+        Route::Tags(n)
+        | Route::Manifest(n, _)
+        | Route::Blob(n, _)
+        | Route::Upload(n, _)
+        | Route::Referrers(n, _) => Some(n.as_str()),
+        Route::Base | Route::Catalog => None,
+    };
+    if let Some(name) = name {
+        validate_repository(name).map_err(AppError::name_invalid)?;
+        tracing::Span::current().record("repo", name);
+    }
+    let method = req.method().clone();
+    match route {
+        Route::Base => match method {
+            Method::GET | Method::HEAD => Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{}",
+            )
+                .into_response()),
+            m => Err(AppError::method(&m, "/v2/")),
+        },
+        Route::Catalog => match method {
+            Method::GET => catalog::catalog(state, req).await,
+            m => Err(AppError::method(&m, "the catalog")),
+        },
+        Route::Tags(name) => match method {
+            Method::GET => catalog::tags(state, &name, req).await,
+            m => Err(AppError::method(&m, "tags")),
+        },
+        Route::Manifest(name, reference) => match method {
+            Method::GET | Method::HEAD => {
+                manifests::get(state, &name, &reference, method == Method::HEAD).await
+            }
+            Method::PUT => manifests::put(state, &name, &reference, req).await,
+            Method::DELETE => manifests::delete(state, &name, &reference).await,
+            m => Err(AppError::method(&m, "manifests")),
+        },
+        Route::Blob(name, digest) => match method {
+            Method::GET | Method::HEAD => {
+                blobs::get(state, &name, &digest, method == Method::HEAD, req).await
+            }
+            Method::DELETE => blobs::delete(state, &name, &digest).await,
+            m => Err(AppError::method(&m, "blobs")),
+        },
+        Route::Upload(name, id) => match (method, id.is_empty()) {
+            (Method::POST, true) => uploads::start(state, &name, req).await,
+            (Method::GET, false) => uploads::status(state, &name, &id).await,
+            (Method::PATCH, false) => uploads::patch(state, &name, &id, req).await,
+            (Method::PUT, false) => uploads::put(state, &name, &id, req).await,
+            (Method::DELETE, false) => uploads::cancel(state, &name, &id).await,
+            (m, _) => Err(AppError::method(&m, "this upload URL")),
+        },
+        Route::Referrers(name, digest) => match method {
+            Method::GET => referrers::list(state, &name, &digest, req).await,
+            m => Err(AppError::method(&m, "referrers")),
+        },
+    }
+}
+
+/// Gives every request an id (the client's `X-Request-Id`, or a new one), a tracing span that
+/// carries it, one log line on completion, and the headers every /v2 response carries.
+async fn request_context(req: Request<Body>, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "{:x}-{}",
+                std::process::id(),
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        repo = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "done"
+        );
+    });
+    let h = resp.headers_mut();
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |p: &str| parse_route(p);
+        assert_eq!(r("/v2/"), Some(Route::Base));
+        assert_eq!(r("/v2"), Some(Route::Base));
+        assert_eq!(r("/v2/_catalog"), Some(Route::Catalog));
+        assert_eq!(r("/v2/a/b/tags/list"), Some(Route::Tags("a/b".into())));
+        assert_eq!(
+            r("/v2/a/manifests/v1"),
+            Some(Route::Manifest("a".into(), "v1".into()))
+        );
+        assert_eq!(
+            r("/v2/a/blobs/sha256:x"),
+            Some(Route::Blob("a".into(), "sha256:x".into()))
+        );
+        assert_eq!(
+            r("/v2/a/blobs/uploads/"),
+            Some(Route::Upload("a".into(), "".into()))
+        );
+        assert_eq!(
+            r("/v2/a/blobs/uploads/u1"),
+            Some(Route::Upload("a".into(), "u1".into()))
+        );
+        // A repository may itself contain the keywords.
+        assert_eq!(
+            r("/v2/blobs/manifests/manifests/x"),
+            Some(Route::Manifest("blobs/manifests".into(), "x".into()))
+        );
+        assert_eq!(
+            r("/v2/a/referrers/sha256:x"),
+            Some(Route::Referrers("a".into(), "sha256:x".into()))
+        );
+        assert_eq!(r("/v2/a"), None);
+        assert_eq!(r("/v3/a/tags/list"), None);
+        assert_eq!(percent_decode("sha256%3Aab").as_deref(), Some("sha256:ab"));
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}
