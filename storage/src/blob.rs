@@ -25,6 +25,11 @@ const PART_CONCURRENCY: usize = 2;
 /// Read size when serving a blob from a local file: 8 KiB reads (object_store's default) cost
 /// a thread hop each; 1 MiB keeps a GiB-sized GET at page-cache speed.
 const READ_CHUNK: usize = 1024 * 1024;
+/// Bytes handed to the hashing thread at a time: large enough that queueing costs nothing
+/// next to hashing, small enough to keep memory per upload flat.
+const HASH_BATCH: usize = 1024 * 1024;
+/// Batches queued for the hashing thread before receiving waits for it.
+const HASH_QUEUE: usize = 4;
 
 /// A blob being read: its total size and the requested bytes as a stream.
 pub struct BlobRead {
@@ -108,6 +113,10 @@ impl BlobStore {
     /// Streams `body` into a new staged part at `key`, feeding every byte to `hasher` on the
     /// way. Returns the number of bytes written. On any error the part is removed and `hasher`
     /// must be discarded by the caller.
+    ///
+    /// Hashing runs on its own blocking thread, fed batches of about [`HASH_BATCH`] bytes, so
+    /// that SHA-256 (the one inherently sequential cost of an upload) overlaps with receiving
+    /// the body and writing it out instead of adding to them.
     pub async fn write_part<S, E>(
         &self,
         key: &Path,
@@ -124,28 +133,64 @@ impl BlobStore {
             .await
             .map_err(Error::backend(key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
+        let mut h = hasher.clone();
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = hrx.blocking_recv() {
+                for b in batch {
+                    h.update(&b);
+                }
+            }
+            h
+        });
+        let mut batch = Vec::new();
+        let mut batched = 0usize;
         let mut received = 0u64;
-        loop {
+        let failure = loop {
             let chunk = match body.next().await {
-                None => break,
+                None => break None,
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
-                    let _ = writer.abort().await;
-                    return Err(Error::Body {
+                    break Some(Error::Body {
                         received,
                         message: e.to_string(),
-                    });
+                    })
                 }
             };
-            hasher.update(&chunk);
             received += chunk.len() as u64;
+            batched += chunk.len();
+            batch.push(chunk.clone());
+            if batched >= HASH_BATCH {
+                batched = 0;
+                if htx.send(std::mem::take(&mut batch)).await.is_err() {
+                    break Some(Error::Corrupt("hashing thread stopped".into()));
+                }
+            }
             if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
-                let _ = writer.abort().await;
-                return Err(Error::backend(key)(e));
+                break Some(Error::backend(key)(e));
             }
             writer.put(chunk);
+        };
+        if failure.is_none() && !batch.is_empty() {
+            let _ = htx.send(batch).await;
         }
+        drop(htx);
+        let h = hashing
+            .await
+            .map_err(|e| Error::Corrupt(format!("hashing thread failed: {e}")));
+        if let Some(e) = failure {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        let h = match h {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        };
         writer.finish().await.map_err(Error::backend(key))?;
+        *hasher = h;
         Ok(received)
     }
 
@@ -155,7 +200,10 @@ impl BlobStore {
     pub async fn commit(&self, parts: &[Path], digest: &Digest) -> Result<()> {
         let key = paths::blob(digest);
         if self.stat(digest).await?.is_some() {
-            self.delete_parts(parts).await;
+            // Removing a large staged file can take a while; the client need not wait for it.
+            let this = self.clone();
+            let parts = parts.to_vec();
+            tokio::spawn(async move { this.delete_parts(&parts).await });
             return Ok(());
         }
         match parts {
@@ -349,11 +397,19 @@ mod tests {
         // The empty blob.
         s.commit(&[], &Digest::empty()).await.expect("empty");
         assert_eq!(s.stat(&Digest::empty()).await.expect("stat"), Some(0));
-        let left: Vec<_> = raw
-            .list(Some(&Path::from("uploads")))
-            .try_collect()
-            .await
-            .expect("list");
+        // The duplicate's part is removed in the background: give it a moment.
+        let mut left: Vec<_> = Vec::new();
+        for _ in 0..100 {
+            left = raw
+                .list(Some(&Path::from("uploads")))
+                .try_collect()
+                .await
+                .expect("list");
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(left.is_empty(), "staged parts left behind: {left:?}");
         s.delete(&d).await.expect("delete");
         s.delete(&d).await.expect("delete twice");
