@@ -78,4 +78,20 @@ mod tests {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         assert!(c.database_url().ends_with("berth.db"));
     }
+
+    #[test]
+    fn example_config_is_valid_and_matches_defaults() {
+        let c: Config = toml::from_str(include_str!("../../deploy/config.example.toml"))
+            .expect("example parses");
+        c.validate().expect("example validates");
+        let d = Config::default();
+        assert_eq!(
+            (c.listen, c.data, c.page_size),
+            (d.listen, d.data, d.page_size)
+        );
+        assert_eq!(
+            (c.max_manifest_bytes, c.shutdown_grace_secs),
+            (d.max_manifest_bytes, d.shutdown_grace_secs)
+        );
+    }
 }

@@ -28,7 +28,10 @@ fn digest(b: &[u8]) -> String {
 async fn patch(c: &Client, url: &str, start: usize, chunk: &[u8]) -> reqwest::Response {
     c.patch(url)
         .header("Content-Type", "application/octet-stream")
-        .header("Content-Range", format!("{}-{}", start, start + chunk.len() - 1))
+        .header(
+            "Content-Range",
+            format!("{}-{}", start, start + chunk.len() - 1),
+        )
         .header("Content-Length", chunk.len())
         .body(chunk.to_vec())
         .send()
@@ -37,7 +40,10 @@ async fn patch(c: &Client, url: &str, start: usize, chunk: &[u8]) -> reqwest::Re
 }
 
 fn location(base: &str, r: &reqwest::Response) -> String {
-    let l = r.headers()["location"].to_str().expect("location").to_owned();
+    let l = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     if l.starts_with("http") {
         l
     } else {
@@ -54,9 +60,16 @@ async fn chunked_upload_continues_after_restart() {
     let client = Client::new();
 
     let mut reg = Registry::start(&tmp.path().join("data"));
-    let r = client.post(format!("{}/v2/r/s/blobs/uploads/", reg.url())).send().await.expect("POST");
+    let r = client
+        .post(format!("{}/v2/r/s/blobs/uploads/", reg.url()))
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let path = r.headers()["location"].to_str().expect("location").to_owned();
+    let path = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     let r = patch(&client, &location(&reg.url(), &r), 0, a).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], format!("0-{}", a.len() - 1).as_str());
@@ -71,7 +84,10 @@ async fn chunked_upload_continues_after_restart() {
     assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
     let r = client
         .put(format!("{url}?digest={}", digest(&blob)))
-        .header("Content-Range", format!("{}-{}", a.len() + b.len(), blob.len() - 1))
+        .header(
+            "Content-Range",
+            format!("{}-{}", a.len() + b.len(), blob.len() - 1),
+        )
         .header("Content-Length", c.len())
         .body(c.to_vec())
         .send()
@@ -100,9 +116,16 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
     let client = Client::new();
     let mut reg = Registry::start(&tmp.path().join("data"));
     let port = reg.port();
-    let r = client.post(format!("{}/v2/r/c/blobs/uploads/", reg.url())).send().await.expect("POST");
+    let r = client
+        .post(format!("{}/v2/r/c/blobs/uploads/", reg.url()))
+        .send()
+        .await
+        .expect("POST");
     let url = location(&reg.url(), &r);
-    assert_eq!(patch(&client, &url, 0, a).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        patch(&client, &url, 0, a).await.status(),
+        StatusCode::ACCEPTED
+    );
 
     // A chunk that stalls halfway: the registry dies while receiving it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -110,12 +133,15 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
         .patch(&url)
         .header("Content-Range", format!("{}-{}", a.len(), blob.len() - 1))
         .header("Content-Length", b.len())
-        .body(reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|x| (x, rx))
-        })))
+        .body(reqwest::Body::wrap_stream(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        )))
         .send();
     let pending = tokio::spawn(stalled);
-    tx.send(Ok(Bytes::copy_from_slice(&b[..100_000]))).await.expect("send half");
+    tx.send(Ok(Bytes::copy_from_slice(&b[..100_000])))
+        .await
+        .expect("send half");
     tokio::time::sleep(Duration::from_millis(300)).await;
     reg.crash();
     drop(tx);
@@ -125,9 +151,20 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
     let reg = Registry::start_on(&tmp.path().join("data"), port);
     let r = client.get(&url).send().await.expect("status");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(r.headers()["range"], format!("0-{}", a.len() - 1).as_str(), "the half chunk must not count");
-    assert_eq!(patch(&client, &url, a.len(), b).await.status(), StatusCode::ACCEPTED);
-    let r = client.put(format!("{url}?digest={}", digest(&blob))).send().await.expect("PUT");
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", a.len() - 1).as_str(),
+        "the half chunk must not count"
+    );
+    assert_eq!(
+        patch(&client, &url, a.len(), b).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let r = client
+        .put(format!("{url}?digest={}", digest(&blob)))
+        .send()
+        .await
+        .expect("PUT");
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
     drop(reg);
 }
@@ -138,28 +175,44 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     let blob = data(500_000, 3);
     let client = Client::new();
     let mut reg = Registry::start(&tmp.path().join("data"));
-    let r = client.post(format!("{}/v2/r/g/blobs/uploads/", reg.url())).send().await.expect("POST");
+    let r = client
+        .post(format!("{}/v2/r/g/blobs/uploads/", reg.url()))
+        .send()
+        .await
+        .expect("POST");
     let url = location(&reg.url(), &r);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let req = client
         .put(format!("{url}?digest={}", digest(&blob)))
         .header("Content-Length", blob.len())
-        .body(reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|x| (x, rx))
-        })))
+        .body(reqwest::Body::wrap_stream(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        )))
         .send();
     let pending = tokio::spawn(req);
-    tx.send(Ok(Bytes::copy_from_slice(&blob[..250_000]))).await.expect("first half");
+    tx.send(Ok(Bytes::copy_from_slice(&blob[..250_000])))
+        .await
+        .expect("first half");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid_stop = tokio::task::spawn_blocking(move || {
         let status = reg.stop();
         (status, reg)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tx.send(Ok(Bytes::copy_from_slice(&blob[250_000..]))).await.expect("second half");
+    tx.send(Ok(Bytes::copy_from_slice(&blob[250_000..])))
+        .await
+        .expect("second half");
     drop(tx);
-    let resp = pending.await.expect("join").expect("in-flight request completes");
+    let resp = pending
+        .await
+        .expect("join")
+        .expect("in-flight request completes");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let (status, reg) = pid_stop.await.expect("join");
-    assert!(status.success(), "exit after graceful shutdown: {status}\n{}", reg.log());
+    assert!(
+        status.success(),
+        "exit after graceful shutdown: {status}\n{}",
+        reg.log()
+    );
 }

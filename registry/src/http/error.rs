@@ -121,7 +121,10 @@ impl From<ManifestError> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if !self.status.is_server_error() {
+        // 404s are routine (clients HEAD before every upload): keep them out of the info log.
+        if self.status == StatusCode::NOT_FOUND {
+            tracing::debug!(code = self.code, message = %self.message, "request refused");
+        } else if !self.status.is_server_error() {
             tracing::info!(code = self.code, message = %self.message, "request refused");
         }
         let body = serde_json::json!({

@@ -51,7 +51,9 @@ pub fn require_docker() -> bool {
 
 /// Runs `cmd`; panics with the command, status, stdout and stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "command failed: {cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -74,7 +76,10 @@ pub fn free_port() -> u16 {
 /// Path of a binary built next to the test executable's directory (target/<profile>/NAME).
 pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -140,7 +145,11 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("berth-registry did not listen on {} within 20 s\n{}", self.addr, self.log());
+        panic!(
+            "berth-registry did not listen on {} within 20 s\n{}",
+            self.addr,
+            self.log()
+        );
     }
 
     /// `http://127.0.0.1:PORT`
@@ -150,7 +159,11 @@ impl Registry {
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
     }
 
     /// The server's log so far.
@@ -178,7 +191,11 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.crash();
         if std::thread::panicking() {
-            eprintln!("--- berth-registry log ({}) ---\n{}", self.log.display(), self.log());
+            eprintln!(
+                "--- berth-registry log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }
@@ -189,14 +206,20 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     let img = |tag: &str| format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &img("base")]));
-    run(Command::new("umoci").args(["unpack", "--image", &img("base")]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &img("base")])
+        .arg(&bundle));
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin).expect("rootfs/bin");
     std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (busybox-static)");
     std::os::unix::fs::symlink("busybox", bin.join("sh")).expect("symlink sh");
-    run(Command::new("umoci").args(["repack", "--image", &img("base")]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &img("base")])
+        .arg(&bundle));
     run(Command::new("umoci").args([
         "config",
         "--image",
