@@ -1,0 +1,153 @@
+//! The conformance runner against Berth (everything must pass) and against the reference
+//! registry, Debian's docker-registry (CNCF distribution 2.8), whose known gaps must show up as
+//! failures: a runner that passes everything everywhere proves nothing.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+/// Checks distribution 2.8 is known to fail: it has no referrers API and no tag deletion,
+/// accepts a chunk that skips bytes, routes an upper-case name to 404 instead of NAME_INVALID,
+/// and lists tags unsorted and unpaginated.
+const REFERENCE_GAPS: &[&str] = &[
+    "management/delete-tag",
+    "push/chunked-out-of-order",
+    "push/name-invalid",
+    "discovery/tags-list",
+    "discovery/tags-page-link",
+    "discovery/tags-page-last",
+];
+
+struct Outcome {
+    ok: bool,
+    passed: Vec<String>,
+    failed: Vec<String>,
+    last_line: String,
+    output: String,
+}
+
+fn conformance(url: &str) -> Outcome {
+    let out = Command::new(sibling_bin("berth-conformance"))
+        .args(["--url", url])
+        .output()
+        .expect("run berth-conformance");
+    let output = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let name = |l: &str, p: &str| {
+        l.strip_prefix(p)
+            .map(|r| r.trim().split(':').next().unwrap_or("").to_owned())
+    };
+    Outcome {
+        ok: out.status.success(),
+        passed: stdout.lines().filter_map(|l| name(l, "ok ")).collect(),
+        failed: stdout.lines().filter_map(|l| name(l, "FAIL ")).collect(),
+        last_line: stdout.lines().last().unwrap_or("").to_owned(),
+        output,
+    }
+}
+
+#[test]
+fn berth_passes_every_check() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let reg = Registry::start(&tmp.path().join("data"));
+    let o = conformance(&reg.url());
+    assert!(
+        o.ok && o.failed.is_empty(),
+        "conformance failures against Berth:\n{}",
+        o.output
+    );
+    assert!(o.passed.len() >= 40, "too few checks ran:\n{}", o.output);
+    assert_eq!(
+        o.last_line,
+        format!("{} passed, 0 failed", o.passed.len()),
+        "{}",
+        o.output
+    );
+    for group in ["push/", "pull/", "discovery/", "management/", "referrers/"] {
+        assert!(
+            o.passed.iter().any(|c| c.starts_with(group)),
+            "no {group} checks ran:\n{}",
+            o.output
+        );
+    }
+    // A second run against the same registry does not collide with the first.
+    let again = conformance(&reg.url());
+    assert!(again.ok, "second run:\n{}", again.output);
+}
+
+#[test]
+fn reference_registry_fails_only_its_known_gaps() {
+    if !require("docker-registry") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let config = tmp.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            tmp.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "docker-registry did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = conformance(&format!("http://127.0.0.1:{port}"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        !o.ok,
+        "the runner must report the reference registry's gaps:\n{}",
+        o.output
+    );
+    assert!(
+        o.last_line == format!("{} passed, {} failed", o.passed.len(), o.failed.len()),
+        "{}",
+        o.output
+    );
+    let referrers: Vec<_> = o
+        .failed
+        .iter()
+        .filter(|c| c.starts_with("referrers/"))
+        .collect();
+    assert!(
+        referrers.len() >= 5,
+        "referrers checks must fail on distribution 2.8:\n{}",
+        o.output
+    );
+    let unexpected: Vec<_> = o
+        .failed
+        .iter()
+        .filter(|c| !c.starts_with("referrers/") && !REFERENCE_GAPS.contains(&c.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected failures against the reference registry {unexpected:?}:\n{}",
+        o.output
+    );
+    assert!(
+        o.passed.len() >= 30,
+        "the core checks must pass on the reference registry:\n{}",
+        o.output
+    );
+}
