@@ -13,6 +13,7 @@
 //!   message that quotes the status and a body excerpt.
 //! - [`fixtures`]: deterministic, per-run-unique blobs and manifests.
 //! - [`report`]: the `ok`/`FAIL` lines and the final `N passed, N failed` tally.
+//! - [`servers`]: Berth and reference-registry processes for tests and benchmarks.
 //! - [`suite`]: the run: shared context, idempotent set-up ("ensure this is pushed"), the groups
 //!   in order; one module per group: [`push`], [`pull`], [`discovery`], [`referrers`],
 //!   [`management`].
@@ -33,6 +34,7 @@ pub mod pull;
 pub mod push;
 pub mod referrers;
 pub mod report;
+pub mod servers;
 pub mod suite;
 
 pub use suite::{run, Group, Options};

@@ -54,7 +54,7 @@ fn conformance(url: &str) -> Outcome {
 #[test]
 fn berth_passes_every_check() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let reg = Registry::start(&tmp.path().join("data"));
+    let reg = start(&tmp.path().join("data"));
     let o = conformance(&reg.url());
     assert!(
         o.ok && o.failed.is_empty(),
@@ -86,34 +86,10 @@ fn reference_registry_fails_only_its_known_gaps() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    let config = tmp.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
-            tmp.path().join("store").display()
-        ),
-    )
-    .expect("config");
-    let mut child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start docker-registry");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "docker-registry did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let o = conformance(&format!("http://127.0.0.1:{port}"));
-    let _ = child.kill();
-    let _ = child.wait();
+    let reference = Server::reference(&tmp.path().join("ref"), free_port().expect("port"))
+        .expect("docker-registry starts");
+    let o = conformance(&reference.url());
+    drop(reference);
 
     assert!(
         !o.ok,

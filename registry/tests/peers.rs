@@ -17,7 +17,7 @@ fn skopeo_round_trip_is_byte_exact() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let layout = busybox_layout(tmp.path());
-    let reg = Registry::start(&tmp.path().join("data"));
+    let reg = start(&tmp.path().join("data"));
     let dst = format!("docker://{}/team/app:1", reg.addr);
     run(Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
@@ -89,7 +89,7 @@ fn docker_push_pull_run() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let layout = busybox_layout(tmp.path());
-    let reg = Registry::start(&tmp.path().join("data"));
+    let reg = start(&tmp.path().join("data"));
     let first = format!("{}/team/app:1", reg.addr);
     let second = format!("{}/other/app:2", reg.addr);
     run(Command::new("skopeo")

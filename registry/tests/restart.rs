@@ -59,7 +59,7 @@ async fn chunked_upload_continues_after_restart() {
     let (b, c) = rest.split_at(1024 * 1024 + 5);
     let client = Client::new();
 
-    let mut reg = Registry::start(&tmp.path().join("data"));
+    let mut reg = start(&tmp.path().join("data"));
     let r = client
         .post(format!("{}/v2/r/s/blobs/uploads/", reg.url()))
         .send()
@@ -73,9 +73,13 @@ async fn chunked_upload_continues_after_restart() {
     let r = patch(&client, &location(&reg.url(), &r), 0, a).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], format!("0-{}", a.len() - 1).as_str());
-    assert!(reg.stop().success(), "graceful stop:\n{}", reg.log());
+    assert!(
+        reg.stop().expect("stop").success(),
+        "graceful stop:\n{}",
+        reg.log()
+    );
 
-    let reg = Registry::start(&tmp.path().join("data"));
+    let reg = start(&tmp.path().join("data"));
     let url = format!("{}{path}", reg.url());
     let r = client.get(&url).send().await.expect("GET status");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -114,7 +118,7 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
     let blob = data(600_000, 11);
     let (a, b) = blob.split_at(200_000);
     let client = Client::new();
-    let mut reg = Registry::start(&tmp.path().join("data"));
+    let mut reg = start(&tmp.path().join("data"));
     let port = reg.port();
     let r = client
         .post(format!("{}/v2/r/c/blobs/uploads/", reg.url()))
@@ -148,7 +152,7 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
     // The stalled request fails or not depending on timing; only the session state matters.
     let _ = pending.await;
 
-    let reg = Registry::start_on(&tmp.path().join("data"), port);
+    let reg = start_on(&tmp.path().join("data"), port);
     let r = client.get(&url).send().await.expect("status");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
@@ -174,7 +178,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
     let tmp = tempfile::tempdir().expect("tmp");
     let blob = data(500_000, 3);
     let client = Client::new();
-    let mut reg = Registry::start(&tmp.path().join("data"));
+    let mut reg = start(&tmp.path().join("data"));
     let r = client
         .post(format!("{}/v2/r/g/blobs/uploads/", reg.url()))
         .send()
@@ -196,7 +200,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
         .expect("first half");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid_stop = tokio::task::spawn_blocking(move || {
-        let status = reg.stop();
+        let status = reg.stop().expect("stop");
         (status, reg)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

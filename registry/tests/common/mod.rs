@@ -5,10 +5,8 @@
 //! fail under `CI=true`, where `.ci/run` is responsible for installing it.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 /// Whether `tool` is on PATH; under CI a missing tool is a failure, never a silent skip.
 pub fn require(tool: &str) -> bool {
@@ -65,139 +63,22 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A free loopback port (bound and released; the registry binds it right after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
+pub use berth_conformance::servers::{free_port, Server};
 
-/// Path of a binary built next to the test executable's directory (target/<profile>/NAME).
+/// Path of a binary built into the same target directory (e.g. `berth-conformance`).
 pub fn sibling_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built; run `cargo build --workspace --bins` (with the same profile) first",
-        p.display()
-    );
-    p
+    berth_conformance::servers::sibling_bin(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// A running `berth-registry`.
-pub struct Registry {
-    child: Option<Child>,
-    /// `127.0.0.1:PORT`
-    pub addr: String,
-    /// Its data directory.
-    pub data: PathBuf,
-    log: PathBuf,
+/// Starts this package's `berth-registry` over `data` on a free port.
+pub fn start(data: &Path) -> Server {
+    start_on(data, free_port().expect("a free port"))
 }
 
-impl Registry {
-    /// Starts the registry on a free port over `data`, waiting until `/v2/` answers.
-    pub fn start(data: &Path) -> Registry {
-        Self::start_on(data, free_port())
-    }
-
-    /// Starts it on a given port (to restart on the same address).
-    pub fn start_on(data: &Path, port: u16) -> Registry {
-        let addr = format!("127.0.0.1:{port}");
-        std::fs::create_dir_all(data).expect("data dir");
-        let log = data.with_extension(format!("{port}.log"));
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-registry"))
-            .args(["serve", "--listen", &addr, "--data"])
-            .arg(data)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .env("NO_COLOR", "1")
-            .stdout(logf.try_clone().expect("log"))
-            .stderr(logf)
-            .spawn()
-            .expect("start berth-registry");
-        let mut r = Registry {
-            child: Some(child),
-            addr,
-            data: data.to_owned(),
-            log,
-        };
-        r.wait_ready();
-        r
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&self.addr).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("berth-registry exited with {status}\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "berth-registry did not listen on {} within 20 s\n{}",
-            self.addr,
-            self.log()
-        );
-    }
-
-    /// `http://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port")
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for a clean exit (graceful shutdown).
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-        child.wait().expect("wait for berth-registry")
-    }
-
-    /// SIGKILL: a crash.
-    pub fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.crash();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- berth-registry log ({}) ---\n{}",
-                self.log.display(),
-                self.log()
-            );
-        }
-    }
+/// Starts it on a given port (to restart on the same address).
+pub fn start_on(data: &Path, port: u16) -> Server {
+    Server::berth(Path::new(env!("CARGO_BIN_EXE_berth-registry")), data, port)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Builds a busybox image as an OCI layout at `dir/oci` with tag `1` whose command prints

@@ -1,0 +1,278 @@
+//! `berth-bench`: Berth side by side with the reference registry (Debian's docker-registry,
+//! distribution 2.8), the same workload against each, alternating, in one run.
+//!
+//! Prints a table — figure, Berth, peer, ratio — with the median of `--runs` runs and their
+//! spread (min–max). The ratio is peer time / Berth time: above 1 means Berth is faster.
+//! Results also go to `--json FILE`. A benchmark, not a test: it asserts no timing.
+//!
+//! Workloads so far:
+//! - `blob-put`: one monolithic upload (POST, then a single streamed PUT `?digest=`) of
+//!   1 GiB (`--smoke`: 1 MiB), new content each run so neither side can skip the write; the
+//!   server's peak RSS over the upload is reported beside the time. Dirty pages are flushed
+//!   (`sync`) before each timed upload so runs do not pay for each other's writeback.
+
+use anyhow::{bail, Context as _, Result};
+use berth_conformance::servers::{free_port, sibling_bin, Server};
+use bytes::Bytes;
+use clap::Parser;
+use sha2::{Digest as _, Sha256};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-bench",
+    about = "Berth vs the reference registry, same workloads, one run"
+)]
+struct Cli {
+    /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
+    #[arg(long)]
+    smoke: bool,
+    /// Run only these workloads (repeatable): blob-put.
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Runs per workload and server; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// One measured figure: samples per server.
+struct Figure {
+    name: String,
+    unit: &'static str,
+    /// Lower is better (times) or higher is better (throughput).
+    lower_is_better: bool,
+    berth: Vec<f64>,
+    peer: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+impl Figure {
+    fn ratio(&self) -> f64 {
+        let (b, p) = (median(&self.berth), median(&self.peer));
+        if self.lower_is_better {
+            p / b
+        } else {
+            b / p
+        }
+    }
+}
+
+/// Deterministic data (xorshift, seeded): the same bytes on every machine.
+fn generate(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+/// One monolithic upload of `head ++ body` to `server`; returns seconds and peak RSS (KiB).
+async fn put_once(
+    client: &reqwest::Client,
+    server: &Server,
+    head: Bytes,
+    body: &Bytes,
+) -> Result<(f64, Option<u64>)> {
+    let mut h = Sha256::new();
+    h.update(&head);
+    h.update(body);
+    let digest = berth_oci::Digest::from_sha256(&h.finalize()).to_string();
+    let repo = format!("bench/put-{}", &digest[7..19]);
+    let r = client
+        .post(format!("{}/v2/{repo}/blobs/uploads/", server.url()))
+        .send()
+        .await?;
+    if r.status() != reqwest::StatusCode::ACCEPTED {
+        bail!("{:?}: POST answered {}", server.kind, r.status());
+    }
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("POST answered no Location")?;
+    let loc = absolute(&server.url(), loc);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    // Flush earlier runs' dirty pages: each run pays only for its own writes.
+    std::process::Command::new("sync").status()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.reset_peak_rss();
+    const SLICE: usize = 256 * 1024;
+    let mut chunks = vec![Ok::<Bytes, std::io::Error>(head.clone())];
+    chunks.extend(
+        (0..body.len())
+            .step_by(SLICE)
+            .map(|i| Ok(body.slice(i..(i + SLICE).min(body.len())))),
+    );
+    let len = (head.len() + body.len()) as u64;
+    let started = Instant::now();
+    let r = client
+        .put(format!("{loc}{sep}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .header("content-length", len)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    if r.status() != reqwest::StatusCode::CREATED {
+        bail!(
+            "{:?}: PUT answered {}: {}",
+            server.kind,
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok((secs, server.peak_rss_kib()))
+}
+
+async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
+    let size = if cli.smoke { 1 << 20 } else { 1 << 30 };
+    let label = if cli.smoke { "1 MiB" } else { "1 GiB" };
+    let body = Bytes::from(generate(size, 42));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut time = Figure {
+        name: format!("blob PUT {label} monolithic (s)"),
+        unit: "s",
+        lower_is_better: true,
+        berth: vec![],
+        peer: vec![],
+    };
+    let mut rss = Figure {
+        name: format!("peak RSS during PUT {label} (MiB)"),
+        unit: "MiB",
+        lower_is_better: true,
+        berth: vec![],
+        peer: vec![],
+    };
+    for run in 0..cli.runs {
+        // Alternate who goes first, so neither always meets the other's leftovers.
+        let order: [&Server; 2] = if run % 2 == 0 {
+            [berth, peer]
+        } else {
+            [peer, berth]
+        };
+        for (i, server) in order.into_iter().enumerate() {
+            let head = Bytes::from(format!("run {run} server {i} {:?}\n", Instant::now()));
+            let (secs, peak) = put_once(&client, server, head, &body).await?;
+            let peak = peak.map_or(f64::NAN, |k| k as f64 / 1024.0);
+            let (t, r) = if std::ptr::eq(server, berth) {
+                (&mut time.berth, &mut rss.berth)
+            } else {
+                (&mut time.peer, &mut rss.peer)
+            };
+            t.push(secs);
+            r.push(peak);
+        }
+    }
+    Ok(vec![time, rss])
+}
+
+fn print_table(figs: &[Figure]) {
+    println!(
+        "{:<40} {:>22} {:>22} {:>8}",
+        "figure", "berth (median, min–max)", "peer (median, min–max)", "ratio"
+    );
+    for f in figs {
+        let cell = |v: &[f64]| {
+            let (lo, hi) = spread(v);
+            format!("{:.3} ({:.3}–{:.3})", median(v), lo, hi)
+        };
+        println!(
+            "{:<40} {:>22} {:>22} {:>7.2}x",
+            f.name,
+            cell(&f.berth),
+            cell(&f.peer),
+            f.ratio()
+        );
+    }
+    println!("ratio: peer / berth for times and sizes (above 1: Berth better)");
+}
+
+fn to_json(figs: &[Figure], cli: &Cli) -> serde_json::Value {
+    serde_json::json!({
+        "smoke": cli.smoke,
+        "runs": cli.runs,
+        "peer": "docker-registry (distribution 2.8, Debian)",
+        "figures": figs.iter().map(|f| serde_json::json!({
+            "name": f.name,
+            "unit": f.unit,
+            "berth": { "median": median(&f.berth), "samples": f.berth },
+            "peer": { "median": median(&f.peer), "samples": f.peer },
+            "ratio": f.ratio(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    const WORKLOADS: [&str; 1] = ["blob-put"];
+    for w in &cli.only {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
+        }
+    }
+    if cli.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let want = |w: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == w);
+    let dir = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
+    let berth = Server::berth(
+        &sibling_bin("berth-registry")?,
+        &dir.path().join("berth"),
+        free_port()?,
+    )?;
+    let peer = Server::reference(&dir.path().join("reference"), free_port()?)?;
+    let mut figs = Vec::new();
+    if want("blob-put") {
+        figs.extend(blob_put(&cli, &berth, &peer).await?);
+    }
+    print_table(&figs);
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&to_json(&figs, &cli))?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

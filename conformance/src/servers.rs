@@ -1,0 +1,216 @@
+//! Registry processes for tests and benchmarks: Berth's own binary and the reference registry
+//! (Debian's `docker-registry`, CNCF distribution 2.8), each started on a loopback port over a
+//! directory of its own, waited for, and stopped gracefully (SIGTERM) or crashed (SIGKILL).
+//!
+//! Kept here, in the black-box crate, so the registry's end-to-end tests and `berth-bench`
+//! start servers the same way.
+
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which registry a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `berth-registry`.
+    Berth,
+    /// `docker-registry` (distribution 2.8).
+    Reference,
+}
+
+/// A running registry process, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    /// What runs.
+    pub kind: Kind,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory.
+    pub data: PathBuf,
+    log: PathBuf,
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A binary built into the same target directory as the running executable: next to it (a
+/// binary) or one level up (a test in `deps/`).
+pub fn sibling_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        if d.file_name().is_some_and(|n| n != "deps") {
+            break;
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "{name} is not built next to {}: run `cargo build --release --workspace --bins` first",
+        exe.display()
+    )
+}
+
+fn log_file(data: &Path, port: u16) -> Result<(PathBuf, std::fs::File)> {
+    let log = data.with_extension(format!("{port}.log"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    Ok((log, f))
+}
+
+impl Server {
+    /// Starts `berth-registry` (binary `bin`) over `data` on `port`.
+    pub fn berth(bin: &Path, data: &Path, port: u16) -> Result<Server> {
+        std::fs::create_dir_all(data)?;
+        let addr = format!("127.0.0.1:{port}");
+        let (log, f) = log_file(data, port)?;
+        let child = Command::new(bin)
+            .args(["serve", "--listen", &addr, "--data"])
+            .arg(data)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("NO_COLOR", "1")
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Self::ready(child, Kind::Berth, addr, data, log)
+    }
+
+    /// Starts the reference registry with storage under `data` on `port`, deletes enabled, no
+    /// auth: settings equivalent to Berth's defaults.
+    pub fn reference(data: &Path, port: u16) -> Result<Server> {
+        std::fs::create_dir_all(data)?;
+        let addr = format!("127.0.0.1:{port}");
+        let config = data.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\n\
+                 storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+                 http: {{addr: {addr}}}\n",
+                data.join("store").display()
+            ),
+        )?;
+        let (log, f) = log_file(data, port)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .context("starting docker-registry (Debian package docker-registry)")?;
+        Self::ready(child, Kind::Reference, addr, data, log)
+    }
+
+    fn ready(child: Child, kind: Kind, addr: String, data: &Path, log: PathBuf) -> Result<Server> {
+        let mut s = Server {
+            child: Some(child),
+            kind,
+            addr,
+            data: data.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&s.addr).is_ok() {
+                return Ok(s);
+            }
+            if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{:?} exited with {status}\n{}", s.kind, s.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{:?} did not listen on {} within 20 s\n{}",
+            s.kind,
+            s.addr,
+            s.log()
+        )
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident set size (VmHWM) in KiB since start or the last [`Self::reset_peak_rss`].
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Resets the peak RSS counter (`clear_refs` 5), so a figure belongs to one workload.
+    pub fn reset_peak_rss(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (graceful shutdown).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("server already stopped")?;
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            let _ = child.kill();
+        }
+        Ok(child.wait()?)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.crash();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {:?} log ({}) ---\n{}",
+                self.kind,
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
