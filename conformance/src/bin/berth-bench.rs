@@ -8,8 +8,11 @@
 //! Workloads so far:
 //! - `blob-put`: one monolithic upload (POST, then a single streamed PUT `?digest=`) of
 //!   1 GiB (`--smoke`: 1 MiB), new content each run so neither side can skip the write; the
-//!   server's peak RSS over the upload is reported beside the time. Dirty pages are flushed
-//!   (`sync`) before each timed upload so runs do not pay for each other's writeback.
+//!   server's peak RSS over the upload is reported beside the time. Before each timed upload
+//!   dirty pages are flushed (`sync`) and, when run as root, the page cache is dropped, so a run
+//!   pays neither for the previous run's writeback nor for reclaiming its cached pages (which,
+//!   measured on the 2-core CI machine, can double a 1 GiB write). `--keep-caches` measures
+//!   with a warm, full page cache instead.
 
 use anyhow::{bail, Context as _, Result};
 use berth_conformance::servers::{free_port, sibling_bin, Server};
@@ -36,6 +39,9 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Do not drop the page cache before timed uploads.
+    #[arg(long)]
+    keep_caches: bool,
 }
 
 /// One measured figure: samples per server.
@@ -98,11 +104,18 @@ fn absolute(base: &str, location: &str) -> String {
 }
 
 /// One monolithic upload of `head ++ body` to `server`; returns seconds and peak RSS (KiB).
+/// Flushes dirty pages and, unless told to keep them (or not root), drops the page cache.
+fn settle(keep_caches: bool) -> Result<bool> {
+    std::process::Command::new("sync").status()?;
+    Ok(!keep_caches && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok())
+}
+
 async fn put_once(
     client: &reqwest::Client,
     server: &Server,
     head: Bytes,
     body: &Bytes,
+    keep_caches: bool,
 ) -> Result<(f64, Option<u64>)> {
     let mut h = Sha256::new();
     h.update(&head);
@@ -123,8 +136,8 @@ async fn put_once(
         .context("POST answered no Location")?;
     let loc = absolute(&server.url(), loc);
     let sep = if loc.contains('?') { '&' } else { '?' };
-    // Flush earlier runs' dirty pages: each run pays only for its own writes.
-    std::process::Command::new("sync").status()?;
+    // Each run pays only for its own writes.
+    settle(keep_caches)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.reset_peak_rss();
     const SLICE: usize = 256 * 1024;
@@ -185,7 +198,7 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         };
         for (i, server) in order.into_iter().enumerate() {
             let head = Bytes::from(format!("run {run} server {i} {:?}\n", Instant::now()));
-            let (secs, peak) = put_once(&client, server, head, &body).await?;
+            let (secs, peak) = put_once(&client, server, head, &body, cli.keep_caches).await?;
             let peak = peak.map_or(f64::NAN, |k| k as f64 / 1024.0);
             let (t, r) = if std::ptr::eq(server, berth) {
                 (&mut time.berth, &mut rss.berth)
@@ -225,6 +238,7 @@ fn to_json(figs: &[Figure], cli: &Cli) -> serde_json::Value {
         "smoke": cli.smoke,
         "runs": cli.runs,
         "peer": "docker-registry (distribution 2.8, Debian)",
+        "page_cache_dropped": !cli.keep_caches,
         "figures": figs.iter().map(|f| serde_json::json!({
             "name": f.name,
             "unit": f.unit,
@@ -269,6 +283,11 @@ async fn run(cli: Cli) -> Result<()> {
     if want("blob-put") {
         figs.extend(blob_put(&cli, &berth, &peer).await?);
     }
+    let dropped = settle(cli.keep_caches)?;
+    println!(
+        "page cache {} before each timed upload",
+        if dropped { "dropped" } else { "kept (warm)" }
+    );
     print_table(&figs);
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&to_json(&figs, &cli))?)
