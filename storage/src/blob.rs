@@ -228,12 +228,7 @@ impl BlobStore {
                     .map_err(Error::backend(&key))?;
                 let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
                 for part in many {
-                    let mut s = self
-                        .store
-                        .get(part)
-                        .await
-                        .map_err(Error::backend(part))?
-                        .into_stream();
+                    let mut s = self.read_part(part).await?;
                     while let Some(chunk) = s.next().await {
                         match chunk {
                             Ok(c) => {
@@ -257,16 +252,23 @@ impl BlobStore {
         Ok(())
     }
 
+    async fn read_part(
+        &self,
+        part: &Path,
+    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+        Ok(self
+            .store
+            .get(part)
+            .await
+            .map_err(Error::backend(part))?
+            .into_stream())
+    }
+
     /// Hashes staged parts from storage: the fallback when a saved hash state cannot be used.
     pub async fn rehash(&self, parts: &[Path]) -> Result<Sha256> {
         let mut h = Sha256::new();
         for part in parts {
-            let mut s = self
-                .store
-                .get(part)
-                .await
-                .map_err(Error::backend(part))?
-                .into_stream();
+            let mut s = self.read_part(part).await?;
             while let Some(chunk) = s.next().await {
                 h.update(&chunk.map_err(Error::backend(part))?);
             }

@@ -270,34 +270,31 @@ impl Meta {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        for blob in &parsed.blobs {
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+        // Blobs must be linked into the repository; index children must be manifests in it.
+        let checks = [
+            (
+                "SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
+                &parsed.blobs,
+            ),
+            (
+                "SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2",
+                &parsed.manifests,
+            ),
+        ];
+        for (sql, refs) in checks {
+            for r in refs {
+                let found: Option<i64> = sqlx::query_scalar(sql)
                     .bind(repo_id)
-                    .bind(blob.digest.to_string())
+                    .bind(r.digest.to_string())
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(Error::db("checking manifest references"))?;
-            if found.is_none() {
-                return Err(Error::ManifestBlobUnknown {
-                    repo: repo.to_owned(),
-                    digest: blob.digest.clone(),
-                });
-            }
-        }
-        for child in &parsed.manifests {
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2")
-                    .bind(repo_id)
-                    .bind(child.digest.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(Error::db("checking manifest references"))?;
-            if found.is_none() {
-                return Err(Error::ManifestBlobUnknown {
-                    repo: repo.to_owned(),
-                    digest: child.digest.clone(),
-                });
+                if found.is_none() {
+                    return Err(Error::ManifestBlobUnknown {
+                        repo: repo.to_owned(),
+                        digest: r.digest.clone(),
+                    });
+                }
             }
         }
         let annotations = match &parsed.annotations {
