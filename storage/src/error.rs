@@ -95,6 +95,12 @@ pub enum Error {
         /// The transport's message.
         message: String,
     },
+    /// Something with that name exists already.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What, with its name.
+        what: String,
+    },
     /// Stored metadata is not what this version wrote.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

@@ -613,6 +613,101 @@ impl Meta {
     }
 }
 
+/// An account as stored: a person (`user`) or a robot (`robot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// `user` or `robot`.
+    pub kind: String,
+    /// bcrypt hash of the password or robot secret.
+    pub password_hash: String,
+    /// Robots: JSON of what they may do; opaque here, interpreted by the registry's auth.
+    pub scopes: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Meta {
+    /// Creates an account; [`Error::AlreadyExists`] if the name is taken.
+    pub async fn create_account(&self, a: &Account) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO users (name, kind, password_hash, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&a.name)
+        .bind(&a.kind)
+        .bind(&a.password_hash)
+        .bind(a.scopes.as_deref())
+        .bind(now())
+        .execute(&self.write)
+        .await
+        .map_err(Error::db("creating an account"))?;
+        if r.rows_affected() == 0 {
+            return Err(Error::AlreadyExists {
+                what: format!("account {}", a.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces an account's password hash. Returns whether the account exists.
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE name = $3")
+            .bind(password_hash)
+            .bind(now())
+            .bind(name)
+            .execute(&self.write)
+            .await
+            .map_err(Error::db("changing a password"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Deletes an account (revokes a robot). Returns whether it existed.
+    pub async fn delete_account(&self, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&self.write)
+            .await
+            .map_err(Error::db("deleting an account"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// One account by name.
+    pub async fn account(&self, name: &str) -> Result<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT name, kind, password_hash, scopes, created_at FROM users WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(Error::db("reading an account"))?;
+        row.map(|r| account_from_row(&r)).transpose()
+    }
+
+    /// Every account, by name.
+    pub async fn accounts(&self) -> Result<Vec<Account>> {
+        let rows = sqlx::query(
+            "SELECT name, kind, password_hash, scopes, created_at FROM users ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(Error::db("listing accounts"))?;
+        rows.iter().map(account_from_row).collect()
+    }
+}
+
+fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Account> {
+    let e = || Error::db("reading an account");
+    Ok(Account {
+        name: r.try_get(0).map_err(e())?,
+        kind: r.try_get(1).map_err(e())?,
+        password_hash: r.try_get(2).map_err(e())?,
+        scopes: r.try_get(3).map_err(e())?,
+        created_at: r.try_get(4).map_err(e())?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,5 +784,32 @@ mod tests {
             meta.delete_manifest("a/b", &d).await,
             Err(Error::ManifestUnknown { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn accounts() {
+        let meta = Meta::connect("sqlite::memory:").await.expect("db");
+        let a = Account {
+            name: "alice".into(),
+            kind: "user".into(),
+            password_hash: "h1".into(),
+            scopes: None,
+            created_at: 0,
+        };
+        meta.create_account(&a).await.expect("create");
+        assert!(matches!(
+            meta.create_account(&a).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(meta.set_password("alice", "h2").await.expect("passwd"));
+        assert!(!meta.set_password("bob", "h2").await.expect("passwd"));
+        let got = meta.account("alice").await.expect("get").expect("exists");
+        assert_eq!(
+            (got.kind.as_str(), got.password_hash.as_str()),
+            ("user", "h2")
+        );
+        assert_eq!(meta.accounts().await.expect("list").len(), 1);
+        assert!(meta.delete_account("alice").await.expect("rm"));
+        assert!(meta.account("alice").await.expect("get").is_none());
     }
 }
