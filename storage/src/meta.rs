@@ -34,11 +34,18 @@ fn migrator() -> Migrator {
         )
     };
     Migrator {
-        migrations: Cow::Owned(vec![m(
-            1,
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        )]),
+        migrations: Cow::Owned(vec![
+            m(
+                1,
+                "init",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            m(
+                2,
+                "users",
+                include_str!("../../migrations/sqlite/0002_users.sql"),
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }
