@@ -72,10 +72,7 @@ async fn tags_list(ctx: &Ctx) -> Result<()> {
     ctx.ensure_image().await?;
     let tags = all_tags(ctx).await?;
     for want in IMAGE_TAGS.iter().chain([&INDEX_TAG]) {
-        ensure!(
-            tags.iter().any(|t| t == want),
-            "tag {want:?} missing from {tags:?}"
-        );
+        ensure!(tags.iter().any(|t| t == want), "tag {want:?} missing from {tags:?}");
     }
     ensure!(
         tags.windows(2).all(|w| w[0] < w[1]),

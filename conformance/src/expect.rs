@@ -117,13 +117,8 @@ impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> Result<Value> {
         self.expect_readable_body()?;
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!(
-                "{}: body is not JSON: {}",
-                self.request_line(),
-                self.excerpt()
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("{}: body is not JSON: {}", self.request_line(), self.excerpt()))
     }
 
     /// Fails unless the status is `status` and the OCI error envelope's `errors` carries
@@ -175,9 +170,10 @@ impl Reply {
                 });
                 if is_next && open < close {
                     let target = &link[open + 1..close];
-                    let url = self.url.join(target).with_context(|| {
-                        format!("{}: unusable Link {value:?}", self.request_line())
-                    })?;
+                    let url = self
+                        .url
+                        .join(target)
+                        .with_context(|| format!("{}: unusable Link {value:?}", self.request_line()))?;
                     return Ok(Some(url));
                 }
             }

@@ -265,10 +265,7 @@ impl Fixtures {
             SBOM_TYPE,
             json!({SBOM_ANNOTATION.0: SBOM_ANNOTATION.1, "org.example.conformance.run": run_id}),
         );
-        let signature = artifact(
-            SIGNATURE_TYPE,
-            json!({"org.example.conformance.run": run_id}),
-        );
+        let signature = artifact(SIGNATURE_TYPE, json!({"org.example.conformance.run": run_id}));
         let mut typed_config = empty.descriptor();
         typed_config["mediaType"] = json!(CONFIG_ARTIFACT_TYPE);
         let config_typed = Manifest::new(
@@ -314,18 +311,9 @@ mod tests {
 
     #[test]
     fn generator_is_deterministic_and_seeded() {
-        assert_eq!(
-            Generator::new(1, "a").bytes(100),
-            Generator::new(1, "a").bytes(100)
-        );
-        assert_ne!(
-            Generator::new(1, "a").bytes(100),
-            Generator::new(2, "a").bytes(100)
-        );
-        assert_ne!(
-            Generator::new(1, "a").bytes(100),
-            Generator::new(1, "b").bytes(100)
-        );
+        assert_eq!(Generator::new(1, "a").bytes(100), Generator::new(1, "a").bytes(100));
+        assert_ne!(Generator::new(1, "a").bytes(100), Generator::new(2, "a").bytes(100));
+        assert_ne!(Generator::new(1, "a").bytes(100), Generator::new(1, "b").bytes(100));
         assert_eq!(Generator::new(1, "a").bytes(13).len(), 13);
     }
 

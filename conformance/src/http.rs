@@ -165,14 +165,7 @@ impl Registry {
     }
 
     /// Sends a request, answering at most one authentication challenge.
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        body: Body,
-        anonymous: bool,
-    ) -> Result<Reply> {
+    async fn send(&self, method: Method, url: Url, headers: HeaderMap, body: Body, anonymous: bool) -> Result<Reply> {
         let key = auth_key(&url);
         let mut answered = false;
         loop {
@@ -187,8 +180,7 @@ impl Registry {
                 Body::None => request,
                 Body::Bytes(b) => request.body(b.clone()),
                 Body::Stream(chunks) => {
-                    let chunks: Vec<Result<Bytes, std::io::Error>> =
-                        chunks.iter().cloned().map(Ok).collect();
+                    let chunks: Vec<Result<Bytes, std::io::Error>> = chunks.iter().cloned().map(Ok).collect();
                     request.body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
                 }
             };
@@ -225,15 +217,11 @@ impl Registry {
 
     /// Obtains credentials for a 401; `false` when there is nothing we can do about it.
     async fn answer_challenge(&self, reply: &Reply, key: &str) -> Result<bool> {
-        let Some(raw) = reply
-            .headers
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(raw) = reply.headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
             return Ok(false);
         };
-        let challenge = Challenge::parse(raw)
-            .with_context(|| format!("unparseable WWW-Authenticate header {raw:?}"))?;
+        let challenge =
+            Challenge::parse(raw).with_context(|| format!("unparseable WWW-Authenticate header {raw:?}"))?;
         match challenge.scheme.to_ascii_lowercase().as_str() {
             "basic" => {
                 if self.credentials.is_none() {
@@ -247,9 +235,7 @@ impl Registry {
             "bearer" => {
                 let token = self.fetch_token(&challenge).await?;
                 let mut cache = self.auth.lock().unwrap_or_else(|p| p.into_inner());
-                cache
-                    .bearer
-                    .insert(key.to_owned(), format!("Bearer {token}"));
+                cache.bearer.insert(key.to_owned(), format!("Bearer {token}"));
                 Ok(true)
             }
             other => bail!("unsupported authentication scheme {other:?} in {raw:?}"),
@@ -262,9 +248,7 @@ impl Registry {
         let realm = challenge
             .param("realm")
             .ok_or_else(|| anyhow!("Bearer challenge without a realm"))?;
-        let mut url = self
-            .resolve(realm)
-            .with_context(|| format!("token realm {realm:?}"))?;
+        let mut url = self.resolve(realm).with_context(|| format!("token realm {realm:?}"))?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = challenge.param("service") {
@@ -293,8 +277,8 @@ impl Registry {
                 excerpt(&body)
             );
         }
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .with_context(|| format!("token reply is not JSON: {}", excerpt(&body)))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).with_context(|| format!("token reply is not JSON: {}", excerpt(&body)))?;
         ["token", "access_token"]
             .iter()
             .find_map(|k| json.get(*k).and_then(|t| t.as_str()))
@@ -308,10 +292,7 @@ impl<'a> Call<'a> {
     /// Adds a header. Invalid names or values are programming errors in the runner; they are
     /// reported when the call is sent.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             (Ok(n), Ok(v)) => {
                 self.headers.insert(n, v);
             }
@@ -486,10 +467,7 @@ impl Challenge {
     }
 
     fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -506,10 +484,7 @@ mod tests {
         assert_eq!(c.scheme, "Bearer");
         assert_eq!(c.param("realm"), Some("https://auth.example/token"));
         assert_eq!(c.param("service"), Some("registry"));
-        assert_eq!(
-            c.param("scope"),
-            Some("repository:a/b:pull,push repository:c:pull")
-        );
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push repository:c:pull"));
     }
 
     #[test]

@@ -26,10 +26,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) {
     report.record("management/delete-tag", delete_tag(ctx).await);
     report.record("management/delete-manifest", delete_manifest(ctx).await);
     report.record("management/delete-blob", delete_blob(ctx).await);
-    report.record(
-        "management/delete-blob-unknown",
-        delete_blob_unknown(ctx).await,
-    );
+    report.record("management/delete-blob-unknown", delete_blob_unknown(ctx).await);
 }
 
 /// Whether the main repository's tag list (all pages) contains `tag`.
@@ -75,9 +72,7 @@ async fn delete_tag(ctx: &Ctx) -> Result<()> {
         .send()
         .await?;
     delete.expect_status(202)?;
-    let get = ctx
-        .fetch_manifest(Method::GET, &ctx.repo, DOOMED_TAG)
-        .await?;
+    let get = ctx.fetch_manifest(Method::GET, &ctx.repo, DOOMED_TAG).await?;
     get.expect_status(404).context("the deleted tag")?;
     ensure!(
         !tag_listed(ctx, DOOMED_TAG).await?,
@@ -89,9 +84,7 @@ async fn delete_tag(ctx: &Ctx) -> Result<()> {
     by_digest
         .expect_status(200)
         .context("deleting a tag must not delete the manifest")?;
-    let other = ctx
-        .fetch_manifest(Method::HEAD, &ctx.repo, IMAGE_TAGS[0])
-        .await?;
+    let other = ctx.fetch_manifest(Method::HEAD, &ctx.repo, IMAGE_TAGS[0]).await?;
     other
         .expect_status(200)
         .context("deleting a tag must not delete the manifest's other tags")?;
@@ -112,10 +105,7 @@ async fn delete_manifest(ctx: &Ctx) -> Result<()> {
     let digest = m.digest.to_string();
     let delete = ctx
         .reg
-        .call(
-            Method::DELETE,
-            &Ctx::path(&ctx.repo, &format!("manifests/{digest}")),
-        )
+        .call(Method::DELETE, &Ctx::path(&ctx.repo, &format!("manifests/{digest}")))
         .send()
         .await?;
     delete.expect_status(202)?;
@@ -124,11 +114,8 @@ async fn delete_manifest(ctx: &Ctx) -> Result<()> {
         .context("the deleted manifest")?;
     let head = ctx.fetch_manifest(Method::HEAD, &ctx.repo, &digest).await?;
     head.expect_status(404).context("the deleted manifest")?;
-    let tag = ctx
-        .fetch_manifest(Method::GET, &ctx.repo, CONDEMNED_TAG)
-        .await?;
-    tag.expect_status(404)
-        .context("a tag of the deleted manifest")?;
+    let tag = ctx.fetch_manifest(Method::GET, &ctx.repo, CONDEMNED_TAG).await?;
+    tag.expect_status(404).context("a tag of the deleted manifest")?;
     ctx.unmark(&ctx.repo, &digest);
     Ok(())
 }
@@ -142,8 +129,7 @@ async fn delete_blob(ctx: &Ctx) -> Result<()> {
     delete.expect_status(202)?;
     ctx.unmark(&ctx.repo, &blob.digest.to_string());
     let get = ctx.reg.call(Method::GET, &path).send().await?;
-    get.expect_error(404, "BLOB_UNKNOWN")
-        .context("the deleted blob")?;
+    get.expect_error(404, "BLOB_UNKNOWN").context("the deleted blob")?;
     let head = ctx.reg.call(Method::HEAD, &path).send().await?;
     head.expect_status(404).context("the deleted blob")?;
     Ok(())
@@ -156,10 +142,7 @@ async fn delete_blob_unknown(ctx: &Ctx) -> Result<()> {
     let unknown = Digest::of(format!("never a blob, {}", ctx.repo).as_bytes());
     let delete = ctx
         .reg
-        .call(
-            Method::DELETE,
-            &Ctx::path(&ctx.repo, &format!("blobs/{unknown}")),
-        )
+        .call(Method::DELETE, &Ctx::path(&ctx.repo, &format!("blobs/{unknown}")))
         .send()
         .await?;
     delete.expect_status(404)?;

@@ -21,10 +21,7 @@ use reqwest::Method;
 pub async fn run(ctx: &Ctx, report: &mut Report) {
     let tag = IMAGE_TAGS[0];
     let digest = ctx.fx.image.digest.to_string();
-    report.record(
-        "pull/manifest-get-by-tag",
-        manifest_get(ctx, tag, &ctx.fx.image).await,
-    );
+    report.record("pull/manifest-get-by-tag", manifest_get(ctx, tag, &ctx.fx.image).await);
     report.record(
         "pull/manifest-head-by-tag",
         manifest_head(ctx, tag, &ctx.fx.image).await,
@@ -37,19 +34,13 @@ pub async fn run(ctx: &Ctx, report: &mut Report) {
         "pull/manifest-head-by-digest",
         manifest_head(ctx, &digest, &ctx.fx.image).await,
     );
-    report.record(
-        "pull/index-get",
-        manifest_get(ctx, INDEX_TAG, &ctx.fx.index).await,
-    );
+    report.record("pull/index-get", manifest_get(ctx, INDEX_TAG, &ctx.fx.index).await);
     report.record("pull/manifest-unknown", manifest_unknown(ctx).await);
     report.record("pull/blob-get", blob_get(ctx).await);
     report.record("pull/blob-head", blob_head(ctx).await);
     report.record("pull/blob-unknown", blob_unknown(ctx).await);
     report.record("pull/blob-range", blob_range(ctx).await);
-    report.record(
-        "pull/blob-range-unsatisfiable",
-        blob_range_unsatisfiable(ctx).await,
-    );
+    report.record("pull/blob-range-unsatisfiable", blob_range_unsatisfiable(ctx).await);
     report.record("pull/docker-schema2", docker_schema2(ctx).await);
 }
 
@@ -94,9 +85,7 @@ fn expect_manifest_headers(reply: &Reply, m: &Manifest) -> Result<()> {
 /// exact bytes pushed.
 async fn manifest_get(ctx: &Ctx, reference: &str, m: &Manifest) -> Result<()> {
     ctx.ensure_image().await?;
-    let reply = ctx
-        .fetch_manifest(Method::GET, &ctx.repo, reference)
-        .await?;
+    let reply = ctx.fetch_manifest(Method::GET, &ctx.repo, reference).await?;
     expect_manifest_headers(&reply, m)?;
     reply.expect_body(&m.bytes)?;
     if reply.header("Content-Length").is_some() {
@@ -108,9 +97,7 @@ async fn manifest_get(ctx: &Ctx, reference: &str, m: &Manifest) -> Result<()> {
 /// `HEAD` by `reference`: as `GET`, with `Content-Length` the manifest's size and no body.
 async fn manifest_head(ctx: &Ctx, reference: &str, m: &Manifest) -> Result<()> {
     ctx.ensure_image().await?;
-    let reply = ctx
-        .fetch_manifest(Method::HEAD, &ctx.repo, reference)
-        .await?;
+    let reply = ctx.fetch_manifest(Method::HEAD, &ctx.repo, reference).await?;
     expect_manifest_headers(&reply, m)?;
     reply.expect_length(m.bytes.len())?;
     reply.expect_body(b"")?;
@@ -122,13 +109,9 @@ async fn manifest_unknown(ctx: &Ctx) -> Result<()> {
     ctx.ensure_image().await?;
     let unknown_digest = Digest::of(format!("no manifest, {}", ctx.repo).as_bytes()).to_string();
     for reference in ["no-such-tag", unknown_digest.as_str()] {
-        let get = ctx
-            .fetch_manifest(Method::GET, &ctx.repo, reference)
-            .await?;
+        let get = ctx.fetch_manifest(Method::GET, &ctx.repo, reference).await?;
         get.expect_error(404, "MANIFEST_UNKNOWN")?;
-        let head = ctx
-            .fetch_manifest(Method::HEAD, &ctx.repo, reference)
-            .await?;
+        let head = ctx.fetch_manifest(Method::HEAD, &ctx.repo, reference).await?;
         head.expect_status(404)?;
     }
     Ok(())
@@ -142,9 +125,7 @@ async fn fetch_blob(
     digest: &Digest,
     range: Option<&str>,
 ) -> Result<(Reply, Option<String>)> {
-    let mut url = ctx
-        .reg
-        .resolve(&Ctx::path(&ctx.repo, &format!("blobs/{digest}")))?;
+    let mut url = ctx.reg.resolve(&Ctx::path(&ctx.repo, &format!("blobs/{digest}")))?;
     let mut digest_header = None;
     for _ in 0..4 {
         let same_origin = url.origin() == ctx.reg.base().origin();

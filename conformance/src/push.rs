@@ -36,15 +36,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) {
     report.record("push/blob-post-single", blob_post_single(ctx).await);
     let mut chunked = Chunked::default();
     report.record("push/chunked-patch", chunked_patch(ctx, &mut chunked).await);
-    report.record(
-        "push/chunked-status",
-        chunked_status(ctx, &mut chunked).await,
-    );
+    report.record("push/chunked-status", chunked_status(ctx, &mut chunked).await);
     report.record("push/chunked-out-of-order", chunked_out_of_order(ctx).await);
-    report.record(
-        "push/chunked-final-put",
-        chunked_final_put(ctx, &mut chunked).await,
-    );
+    report.record("push/chunked-final-put", chunked_final_put(ctx, &mut chunked).await);
     report.record("push/streamed", streamed(ctx).await);
     report.record("push/digest-mismatch", digest_mismatch(ctx).await);
     report.record("push/mount", mount(ctx).await);
@@ -52,10 +46,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) {
     report.record("push/upload-cancel", upload_cancel(ctx).await);
     report.record("push/manifest-by-tag", manifest_by_tag(ctx).await);
     report.record("push/manifest-by-digest", manifest_by_digest(ctx).await);
-    report.record(
-        "push/manifest-blob-unknown",
-        manifest_blob_unknown(ctx).await,
-    );
+    report.record("push/manifest-blob-unknown", manifest_blob_unknown(ctx).await);
     report.record("push/index", index(ctx).await);
     report.record("push/manifest-invalid", manifest_invalid(ctx).await);
     report.record("push/name-invalid", name_invalid(ctx).await);
@@ -86,10 +77,7 @@ async fn expect_blob_created(ctx: &Ctx, reply: &Reply, blob: &Blob) -> Result<()
 async fn expect_blob_content(ctx: &Ctx, blob: &Blob) -> Result<()> {
     let get = ctx
         .reg
-        .call(
-            Method::GET,
-            &Ctx::path(&ctx.repo, &format!("blobs/{}", blob.digest)),
-        )
+        .call(Method::GET, &Ctx::path(&ctx.repo, &format!("blobs/{}", blob.digest)))
         .send()
         .await?;
     get.expect_status(200)?;
@@ -201,11 +189,7 @@ fn session(state: &Chunked) -> Result<Url> {
 
 /// `GET` of the session: `204` with `Range` and `Location`.
 async fn chunked_status(ctx: &Ctx, state: &mut Chunked) -> Result<()> {
-    let reply = ctx
-        .reg
-        .call_url(Method::GET, session(state)?)
-        .send()
-        .await?;
+    let reply = ctx.reg.call_url(Method::GET, session(state)?).send().await?;
     reply.expect_status(204)?;
     state.location = Some(expect_progress(&reply, state.sent)?);
     Ok(())
@@ -224,22 +208,10 @@ async fn chunked_out_of_order(ctx: &Ctx) -> Result<()> {
     reply.expect_status(202)?;
     let location = expect_progress(&reply, first)?;
     let skip = first + 1;
-    let reply = patch_chunk(
-        ctx,
-        location.clone(),
-        skip,
-        blob.bytes.slice(skip..skip + 1000),
-    )
-    .await?;
+    let reply = patch_chunk(ctx, location.clone(), skip, blob.bytes.slice(skip..skip + 1000)).await?;
     reply.expect_status(416)?;
-    let status = ctx
-        .reg
-        .call_url(Method::GET, location.clone())
-        .send()
-        .await?;
-    status
-        .expect_status(204)
-        .context("the session after the 416")?;
+    let status = ctx.reg.call_url(Method::GET, location.clone()).send().await?;
+    status.expect_status(204).context("the session after the 416")?;
     expect_progress(&status, first).context("the session after the 416")?;
     let _ = ctx.reg.call_url(Method::DELETE, location).send().await;
     Ok(())
@@ -325,10 +297,7 @@ async fn digest_mismatch(ctx: &Ctx) -> Result<()> {
     put.expect_error(400, "DIGEST_INVALID")?;
     let head = ctx
         .reg
-        .call(
-            Method::HEAD,
-            &Ctx::path(&ctx.repo, &format!("blobs/{claimed}")),
-        )
+        .call(Method::HEAD, &Ctx::path(&ctx.repo, &format!("blobs/{claimed}")))
         .send()
         .await?;
     head.expect_status(404)
@@ -465,10 +434,7 @@ async fn index(ctx: &Ctx) -> Result<()> {
 async fn manifest_invalid(ctx: &Ctx) -> Result<()> {
     let put = ctx
         .reg
-        .call(
-            Method::PUT,
-            &Ctx::path(&ctx.repo, "manifests/invalid"),
-        )
+        .call(Method::PUT, &Ctx::path(&ctx.repo, "manifests/invalid"))
         .header("Content-Type", media::OCI_MANIFEST)
         .body(Bytes::from_static(
             b"{\"schemaVersion\": 2, \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\", \"config\": ",
@@ -476,9 +442,7 @@ async fn manifest_invalid(ctx: &Ctx) -> Result<()> {
         .send()
         .await?;
     put.expect_error(400, "MANIFEST_INVALID")?;
-    let get = ctx
-        .fetch_manifest(Method::HEAD, &ctx.repo, "invalid")
-        .await?;
+    let get = ctx.fetch_manifest(Method::HEAD, &ctx.repo, "invalid").await?;
     ensure!(
         get.status.as_u16() == 404,
         "the invalid manifest was tagged anyway: HEAD answered {}",

@@ -10,9 +10,7 @@
 //! `OCI-Filters-Applied: artifactType`.
 
 use crate::expect::{array_field, short, str_field};
-use crate::fixtures::{
-    Manifest, ABSENT_TYPE, CONFIG_ARTIFACT_TYPE, SBOM_ANNOTATION, SBOM_TYPE, SIGNATURE_TYPE,
-};
+use crate::fixtures::{Manifest, ABSENT_TYPE, CONFIG_ARTIFACT_TYPE, SBOM_ANNOTATION, SBOM_TYPE, SIGNATURE_TYPE};
 use crate::http::Reply;
 use crate::report::Report;
 use crate::suite::Ctx;
@@ -28,10 +26,7 @@ const MAX_PAGES: usize = 100;
 pub async fn run(ctx: &Ctx, report: &mut Report) {
     report.record("referrers/push-artifact", push_artifact(ctx).await);
     report.record("referrers/list-all", list_all(ctx).await);
-    report.record(
-        "referrers/filter-artifact-type",
-        filter_artifact_type(ctx).await,
-    );
+    report.record("referrers/filter-artifact-type", filter_artifact_type(ctx).await);
     report.record("referrers/filter-no-match", filter_no_match(ctx).await);
     report.record(
         "referrers/artifact-type-from-config",
@@ -72,15 +67,10 @@ async fn push_artifact(ctx: &Ctx) -> Result<()> {
 
 /// Every descriptor listed for `subject` (with `?artifactType=` when given), following `Link`
 /// pages; returns the first page's reply too, for its headers.
-async fn list(
-    ctx: &Ctx,
-    subject: &Digest,
-    artifact_type: Option<&str>,
-) -> Result<(Reply, Vec<Value>)> {
-    let mut call = ctx.reg.call(
-        Method::GET,
-        &Ctx::path(&ctx.repo, &format!("referrers/{subject}")),
-    );
+async fn list(ctx: &Ctx, subject: &Digest, artifact_type: Option<&str>) -> Result<(Reply, Vec<Value>)> {
+    let mut call = ctx
+        .reg
+        .call(Method::GET, &Ctx::path(&ctx.repo, &format!("referrers/{subject}")));
     if let Some(t) = artifact_type {
         call = call.query("artifactType", t);
     }
@@ -89,10 +79,7 @@ async fn list(
     let mut next = first.next_link()?;
     let mut pages = 1;
     while let Some(url) = next {
-        ensure!(
-            pages < MAX_PAGES,
-            "referrers still paginate after {MAX_PAGES} pages"
-        );
+        ensure!(pages < MAX_PAGES, "referrers still paginate after {MAX_PAGES} pages");
         let reply = ctx.reg.call_url(Method::GET, url).send().await?;
         descriptors.extend(page_descriptors(&reply)?);
         next = reply.next_link()?;
@@ -124,11 +111,7 @@ fn page_descriptors(reply: &Reply) -> Result<Vec<Value>> {
 }
 
 /// The descriptor of `m` among `descriptors`, checked field by field.
-fn find_descriptor<'d>(
-    descriptors: &'d [Value],
-    m: &Manifest,
-    artifact_type: &str,
-) -> Result<&'d Value> {
+fn find_descriptor<'d>(descriptors: &'d [Value], m: &Manifest, artifact_type: &str) -> Result<&'d Value> {
     let digest = m.digest.to_string();
     let d = descriptors
         .iter()
@@ -201,11 +184,7 @@ async fn filter_artifact_type(ctx: &Ctx) -> Result<()> {
     find_descriptor(&descriptors, &fx.sbom, SBOM_TYPE)?;
     for d in &descriptors {
         let t = d.get("artifactType").and_then(Value::as_str);
-        ensure!(
-            t == Some(SBOM_TYPE),
-            "filtered on {SBOM_TYPE} but listed {}",
-            short(d)
-        );
+        ensure!(t == Some(SBOM_TYPE), "filtered on {SBOM_TYPE} but listed {}", short(d));
     }
     Ok(())
 }

@@ -33,9 +33,7 @@ pub struct Server {
 
 /// A free loopback port (bound and released; the server binds it right after).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A binary built into the same target directory as the running executable: next to it (a
@@ -61,10 +59,7 @@ pub fn sibling_bin(name: &str) -> Result<PathBuf> {
 
 fn log_file(data: &Path, port: u16) -> Result<(PathBuf, std::fs::File)> {
     let log = data.with_extension(format!("{port}.log"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     Ok((log, f))
 }
 
@@ -130,12 +125,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "{:?} did not listen on {} within 20 s\n{}",
-            s.kind,
-            s.addr,
-            s.log()
-        )
+        bail!("{:?} did not listen on {} within 20 s\n{}", s.kind, s.addr, s.log())
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -145,11 +135,7 @@ impl Server {
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
     }
 
     /// Process id, while running.
@@ -205,12 +191,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.crash();
         if std::thread::panicking() {
-            eprintln!(
-                "--- {:?} log ({}) ---\n{}",
-                self.kind,
-                self.log.display(),
-                self.log()
-            );
+            eprintln!("--- {:?} log ({}) ---\n{}", self.kind, self.log.display(), self.log());
         }
     }
 }

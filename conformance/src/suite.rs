@@ -139,10 +139,7 @@ impl Ctx {
     /// `PUT /v2/<repo>/manifests/<reference>` with the manifest's media type.
     pub async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> Result<Reply> {
         self.reg
-            .call(
-                Method::PUT,
-                &Self::path(repo, &format!("manifests/{reference}")),
-            )
+            .call(Method::PUT, &Self::path(repo, &format!("manifests/{reference}")))
             .header("Content-Type", m.media_type)
             .body(m.bytes.clone())
             .send()
@@ -150,12 +147,7 @@ impl Ctx {
     }
 
     /// `GET`/`HEAD` of a manifest, accepting every type the runner pushes.
-    pub async fn fetch_manifest(
-        &self,
-        method: Method,
-        repo: &str,
-        reference: &str,
-    ) -> Result<Reply> {
+    pub async fn fetch_manifest(&self, method: Method, repo: &str, reference: &str) -> Result<Reply> {
         self.reg
             .call(method, &Self::path(repo, &format!("manifests/{reference}")))
             .header("Accept", ACCEPT_MANIFESTS)
@@ -185,12 +177,7 @@ impl Ctx {
         self.put_manifest(repo, reference, m)
             .await
             .and_then(|r| r.expect_status(201).map(|_| ()))
-            .with_context(|| {
-                format!(
-                    "set-up: pushing manifest {} as {repo}:{reference}",
-                    m.digest
-                )
-            })?;
+            .with_context(|| format!("set-up: pushing manifest {} as {repo}:{reference}", m.digest))?;
         self.mark(repo, reference);
         self.mark(repo, &m.digest.to_string());
         Ok(())
@@ -214,8 +201,7 @@ impl Ctx {
     /// Makes sure the whole image is pushed: both manifests and the index, tagged `index`.
     pub async fn ensure_image(&self) -> Result<()> {
         self.ensure_image_manifests().await?;
-        self.ensure_manifest(&self.repo, INDEX_TAG, &self.fx.index)
-            .await
+        self.ensure_manifest(&self.repo, INDEX_TAG, &self.fx.index).await
     }
 }
 

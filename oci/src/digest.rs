@@ -35,9 +35,7 @@ impl Digest {
 
     /// Wraps a raw 32-byte SHA-256 output.
     pub fn from_sha256(raw: &[u8]) -> Self {
-        Digest {
-            hex: hex::encode(raw),
-        }
+        Digest { hex: hex::encode(raw) }
     }
 
     /// The algorithm name (`sha256`).
@@ -64,11 +62,9 @@ impl FromStr for Digest {
         let (alg, enc) = s.split_once(':').ok_or_else(malformed)?;
         // algorithm-component ::= [a-z0-9]+, separated by [+._-]
         let alg_ok = !alg.is_empty()
-            && alg.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
+            && alg
+                .split(['+', '.', '_', '-'])
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         // encoded ::= [a-zA-Z0-9=_-]+
         let enc_ok = !enc.is_empty()
             && enc
@@ -79,14 +75,8 @@ impl FromStr for Digest {
         }
         match alg {
             "sha256" => {
-                if enc.len() == 64
-                    && enc
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                {
-                    Ok(Digest {
-                        hex: enc.to_owned(),
-                    })
+                if enc.len() == 64 && enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    Ok(Digest { hex: enc.to_owned() })
                 } else {
                     Err(malformed())
                 }
@@ -147,10 +137,7 @@ mod tests {
             "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "sha256:../../etc/passwd",
         ] {
-            assert!(
-                matches!(s.parse::<Digest>(), Err(DigestError::Malformed(_))),
-                "{s}"
-            );
+            assert!(matches!(s.parse::<Digest>(), Err(DigestError::Malformed(_))), "{s}");
         }
         assert!(matches!(
             "sha512:abcd".parse::<Digest>(),

@@ -81,11 +81,8 @@ fn strip_params(ct: &str) -> &str {
 
 /// Parses `body`, uploaded with `content_type` (if any).
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
-        ManifestError::Invalid(format!(
-            "manifest is not valid JSON of the expected shape: {e}"
-        ))
-    })?;
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| ManifestError::Invalid(format!("manifest is not valid JSON of the expected shape: {e}")))?;
     let ct = content_type.map(strip_params).filter(|c| !c.is_empty());
     // A generic JSON content type says nothing about the manifest kind.
     let ct = ct.filter(|c| *c != "application/json" && *c != "application/octet-stream");
@@ -95,7 +92,8 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         || ct.is_some_and(|c| c == media::DOCKER_SCHEMA1 || c == media::DOCKER_SCHEMA1_SIGNED)
     {
         return Err(ManifestError::Unsupported(
-            "Docker schema 1 manifests are not supported: push with a current client (docker ≥ 1.10 writes schema 2)".into(),
+            "Docker schema 1 manifests are not supported: push with a current client (docker ≥ 1.10 writes schema 2)"
+                .into(),
         ));
     }
     if raw.schema_version != Some(2) {
@@ -119,9 +117,9 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         )));
     }
     let (blobs, manifests, artifact_type) = if media::is_index(&media_type) {
-        let manifests = raw.manifests.ok_or_else(|| {
-            ManifestError::Invalid("an index must have a \"manifests\" array".into())
-        })?;
+        let manifests = raw
+            .manifests
+            .ok_or_else(|| ManifestError::Invalid("an index must have a \"manifests\" array".into()))?;
         if raw.config.is_some() || raw.layers.is_some() {
             return Err(ManifestError::Invalid(
                 "an index must not have \"config\" or \"layers\"".into(),
@@ -129,24 +127,24 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         }
         (Vec::new(), manifests, raw.artifact_type)
     } else {
-        let config = raw.config.ok_or_else(|| {
-            ManifestError::Invalid("an image manifest must have a \"config\" descriptor".into())
-        })?;
-        let layers = raw.layers.ok_or_else(|| {
-            ManifestError::Invalid("an image manifest must have a \"layers\" array".into())
-        })?;
+        let config = raw
+            .config
+            .ok_or_else(|| ManifestError::Invalid("an image manifest must have a \"config\" descriptor".into()))?;
+        let layers = raw
+            .layers
+            .ok_or_else(|| ManifestError::Invalid("an image manifest must have a \"layers\" array".into()))?;
         if raw.manifests.is_some() {
             return Err(ManifestError::Invalid(
                 "an image manifest must not have \"manifests\"".into(),
             ));
         }
-        let artifact_type = raw
-            .artifact_type
-            .or_else(|| Some(config.media_type.clone()));
+        let artifact_type = raw.artifact_type.or_else(|| Some(config.media_type.clone()));
         let mut blobs = vec![config];
-        blobs.extend(layers.into_iter().filter(|l| {
-            !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()) && l.urls.is_none()
-        }));
+        blobs.extend(
+            layers
+                .into_iter()
+                .filter(|l| !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()) && l.urls.is_none()),
+        );
         (blobs, Vec::new(), artifact_type)
     };
     Ok(ParsedManifest {
@@ -199,7 +197,10 @@ mod tests {
             Err(ManifestError::Unsupported(_))
         ));
         assert!(matches!(
-            parse(br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:zz","size":1},"layers":[]}"#, None),
+            parse(
+                br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:zz","size":1},"layers":[]}"#,
+                None
+            ),
             Err(ManifestError::Invalid(_))
         ));
     }

@@ -22,12 +22,7 @@ pub const FOREIGN_LAYERS: [&str; 2] = [
 ];
 
 /// Every manifest media type a PUT may carry.
-pub const MANIFEST_TYPES: [&str; 4] = [
-    OCI_MANIFEST,
-    OCI_INDEX,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-];
+pub const MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
 /// Whether the media type is an index (its children are manifests, not blobs).
 pub fn is_index(media_type: &str) -> bool {

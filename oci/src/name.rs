@@ -15,9 +15,7 @@ pub enum NameError {
     #[error("invalid repository name {0:?}: use lowercase path components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'")]
     Repository(String),
     /// The tag breaks `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-    #[error(
-        "invalid tag {0:?}: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
-    )]
+    #[error("invalid tag {0:?}: up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'")]
     Tag(String),
 }
 
@@ -86,13 +84,7 @@ mod tests {
 
     #[test]
     fn repository_names() {
-        for ok in [
-            "a",
-            "library/busybox",
-            "team/app",
-            "a.b_c__d---e/f0",
-            "0/1/2",
-        ] {
+        for ok in ["a", "library/busybox", "team/app", "a.b_c__d---e/f0", "0/1/2"] {
             assert_eq!(validate_repository(ok), Ok(()), "{ok}");
         }
         for bad in [

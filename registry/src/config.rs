@@ -2,6 +2,7 @@
 //! variables, then flags (each overriding the one before), and validated once at start.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,165 @@ pub struct Config {
     pub page_size: u32,
     /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
+    /// Who may do what.
+    pub auth: AuthConfig,
+    /// HTTPS.
+    pub tls: TlsConfig,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone may do everything: for a registry on loopback only.
+    None,
+    /// HTTP Basic on every request.
+    Basic,
+    /// Docker token auth: `/token` issues short-lived JWTs, requests carry them as Bearer.
+    Token,
+}
+
+/// An action on a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Read manifests, blobs, tags, referrers.
+    Pull,
+    /// Upload blobs and manifests.
+    Push,
+    /// Delete manifests, tags and blobs.
+    Delete,
+}
+
+impl Action {
+    /// The token-spec name of the action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// Parses a token-spec action name.
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "pull" => Some(Action::Pull),
+            "push" => Some(Action::Push),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One access rule: these principals may do these actions on repositories matching these
+/// globs (`*` within one path component, `**` across components).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    /// Repository globs, e.g. `team/*`, `library/**`, `**`.
+    pub repos: Vec<String>,
+    /// User names.
+    pub users: Vec<String>,
+    /// Group names (see `auth.groups`).
+    pub groups: Vec<String>,
+    /// Robot names (`robot$name`).
+    pub robots: Vec<String>,
+    /// Every signed-in user.
+    pub authenticated: bool,
+    /// Clients without credentials.
+    pub anonymous: bool,
+    /// What they may do.
+    pub actions: Vec<Action>,
+}
+
+/// An external token issuer whose tokens the registry accepts, so a separate auth server can
+/// be used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The `iss` claim its tokens carry.
+    pub issuer: String,
+    /// A PEM public key (EC or RSA) it signs with.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) with its keys, matched by `kid`.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+}
+
+/// Authentication and authorization.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none`, `basic` or `token`. Unset: `none` on loopback without accounts, `token` when
+    /// accounts exist.
+    pub mode: Option<AuthMode>,
+    /// Basic realm shown by clients.
+    pub realm: String,
+    /// Token `service` (and JWT audience).
+    pub service: String,
+    /// JWT issuer of the built-in token service.
+    pub issuer: String,
+    /// Absolute URL of the token endpoint advertised in challenges; unset: derived from the
+    /// request's Host and scheme (`<scheme>://<host>/token`).
+    pub token_realm: Option<String>,
+    /// Lifetime of access tokens, seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (docker's identity token), seconds.
+    pub refresh_ttl_secs: u64,
+    /// Users who may do anything, including list the catalog.
+    pub admins: Vec<String>,
+    /// Groups: name → user names.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Each signed-in user may pull, push and delete in `<user>/…`.
+    pub user_namespaces: bool,
+    /// Access rules, in addition to admins and user namespaces.
+    pub rules: Vec<Rule>,
+    /// External issuers whose tokens are accepted too.
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Failed logins per user and client address before a lockout.
+    pub max_failed_logins: u32,
+    /// Lockout after too many failed logins, seconds.
+    pub lockout_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: None,
+            realm: "berth".into(),
+            service: "berth".into(),
+            issuer: "berth".into(),
+            token_realm: None,
+            token_ttl_secs: 300,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            admins: Vec::new(),
+            groups: BTreeMap::new(),
+            user_namespaces: true,
+            rules: Vec::new(),
+            trusted_issuers: Vec::new(),
+            max_failed_logins: 5,
+            lockout_secs: 60,
+        }
+    }
+}
+
+/// HTTPS settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) file.
+    pub cert: Option<PathBuf>,
+    /// PEM private key file.
+    pub key: Option<PathBuf>,
+    /// Generate a private CA and a certificate (kept under `<data>/tls`).
+    pub self_signed: bool,
+    /// Names (DNS or IP) for the self-signed certificate; unset: localhost, loopback IPs, the
+    /// listen IP and the host name.
+    pub names: Vec<String>,
+    /// Allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+    pub insecure_http: bool,
 }
 
 impl Default for Config {
@@ -34,6 +194,8 @@ impl Default for Config {
             max_manifest_bytes: 4 * 1024 * 1024,
             page_size: 1000,
             shutdown_grace_secs: 30,
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -55,6 +217,21 @@ impl Config {
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.tls.cert.is_some() == self.tls.key.is_some(),
+            "tls: give both a certificate and a key (--tls-cert and --tls-key)"
+        );
+        anyhow::ensure!(
+            !(self.tls.self_signed && self.tls.cert.is_some()),
+            "tls: choose either a self-signed certificate or --tls-cert/--tls-key, not both"
+        );
+        anyhow::ensure!(self.auth.token_ttl_secs > 0, "auth.token_ttl_secs must be at least 1");
+        for r in &self.auth.rules {
+            anyhow::ensure!(
+                !r.repos.is_empty(),
+                "auth.rules: every rule needs at least one repos glob"
+            );
+        }
         anyhow::ensure!(self.page_size > 0, "page_size must be at least 1");
         anyhow::ensure!(
             self.max_manifest_bytes >= 4 * 1024 * 1024,
@@ -70,8 +247,7 @@ mod tests {
 
     #[test]
     fn file_values_and_unknown_keys() {
-        let c: Config =
-            toml::from_str("listen = \"127.0.0.1:6000\"\npage_size = 50").expect("parse");
+        let c: Config = toml::from_str("listen = \"127.0.0.1:6000\"\npage_size = 50").expect("parse");
         assert_eq!(c.listen.port(), 6000);
         assert_eq!(c.page_size, 50);
         assert_eq!(c.max_manifest_bytes, 4 << 20);
@@ -81,14 +257,10 @@ mod tests {
 
     #[test]
     fn example_config_is_valid_and_matches_defaults() {
-        let c: Config = toml::from_str(include_str!("../../deploy/config.example.toml"))
-            .expect("example parses");
+        let c: Config = toml::from_str(include_str!("../../deploy/config.example.toml")).expect("example parses");
         c.validate().expect("example validates");
         let d = Config::default();
-        assert_eq!(
-            (c.listen, c.data, c.page_size),
-            (d.listen, d.data, d.page_size)
-        );
+        assert_eq!((c.listen, c.data, c.page_size), (d.listen, d.data, d.page_size));
         assert_eq!(
             (c.max_manifest_bytes, c.shutdown_grace_secs),
             (d.max_manifest_bytes, d.shutdown_grace_secs)

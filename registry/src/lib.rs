@@ -10,8 +10,10 @@
 //! shutdown future resolves, letting in-flight requests finish.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod http;
+pub mod tls;
 
 pub use config::Config;
 
@@ -30,6 +32,8 @@ pub struct AppState {
     pub meta: Meta,
     /// Upload sessions over both.
     pub uploads: Uploads,
+    /// Who may do what.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -46,12 +50,35 @@ impl AppState {
         let blobs = BlobStore::local(&config.data)?;
         let meta = Meta::connect(&config.database_url()).await?;
         let uploads = Uploads::new(blobs.clone(), meta.clone());
+        let mode = Self::auth_mode(&config, &meta).await?;
+        let tls = config.tls.self_signed || config.tls.cert.is_some();
+        let auth = auth::Auth::new(mode, config.auth.clone(), meta.clone(), &config.data, tls)?;
         Ok(AppState {
             config: Arc::new(config),
             blobs,
             meta,
             uploads,
+            auth: Arc::new(auth),
         })
+    }
+
+    /// The auth mode in force: as configured, else `token` when accounts exist, else `none`,
+    /// which is refused beyond loopback: an open registry on a network is a decision to state
+    /// (`--auth none`), not a default to stumble into.
+    async fn auth_mode(config: &Config, meta: &Meta) -> anyhow::Result<config::AuthMode> {
+        if let Some(m) = config.auth.mode {
+            return Ok(m);
+        }
+        if !meta.accounts().await?.is_empty() {
+            return Ok(config::AuthMode::Token);
+        }
+        anyhow::ensure!(
+            tls::is_loopback(&config.listen),
+            "listening on {} with no accounts would let anyone push and delete: add one with \
+             `berth-registry user add NAME --password-stdin`, or pass --auth none to run an open registry",
+            config.listen
+        );
+        Ok(config::AuthMode::None)
     }
 }
 
@@ -67,7 +94,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }

@@ -1,8 +1,15 @@
-//! `berth-registry`: command line of the registry. Thin: parse, load config, serve.
+//! `berth-registry`: command line of the registry. Thin: parse, load config, then serve or
+//! manage accounts.
 
 use anyhow::Context;
+use berth_registry::auth::rules::RobotScope;
+use berth_registry::auth::{hash_password, BCRYPT_COST};
+use berth_registry::config::{Action, AuthMode};
+use berth_registry::tls::{self, TlsSource};
 use berth_registry::{AppState, Config};
-use clap::{Args, Parser, Subcommand};
+use berth_storage::meta::Account;
+use berth_storage::Meta;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +33,81 @@ struct Cli {
 enum Cmd {
     /// Serve the registry API (the default).
     Serve(ServeArgs),
+    /// Manage user accounts (stored in the registry's database, bcrypt-hashed).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Manage robot accounts: generated secrets, limited to repositories, revocable.
+    Robot {
+        #[command(subcommand)]
+        cmd: RobotCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is read from standard input.
+    Add {
+        name: String,
+        /// Read the password from standard input (the only way: it never appears in `ps`).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password, read from standard input.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Rm { name: String },
+    /// List accounts.
+    List,
+    /// Import users from an htpasswd file (bcrypt entries, as written by `htpasswd -B`).
+    ImportHtpasswd { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum RobotCmd {
+    /// Create a robot `robot$NAME`; prints its name and generated secret (shown once).
+    Add {
+        name: String,
+        /// Repository globs it may act on (repeatable), e.g. `team/*`.
+        #[arg(long = "repo", required = true)]
+        repos: Vec<String>,
+        /// Actions it may do (repeatable or comma-separated): pull, push, delete.
+        #[arg(long = "action", value_delimiter = ',', default_value = "pull")]
+        actions: Vec<String>,
+    },
+    /// Revoke (delete) a robot.
+    Rm { name: String },
+    /// List robots.
+    List,
+}
+
+/// Where the accounts live: the same data directory or database as `serve`.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Data directory [default: ./berth-data].
+    #[arg(long, env = "BERTH_DATA", global = true)]
+    data: Option<PathBuf>,
+    /// Metadata database URL [default: sqlite://<data>/berth.db].
+    #[arg(long, env = "BERTH_DATABASE", global = true)]
+    database: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "BERTH_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TlsKind {
+    /// Generate a private CA and a server certificate under <data>/tls.
+    SelfSigned,
 }
 
 #[derive(Args, Clone)]
@@ -42,14 +124,36 @@ struct ServeArgs {
     /// TOML configuration file; environment variables and flags override its values.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
+    /// How clients authenticate [default: none on loopback without accounts, else token].
+    #[arg(long, env = "BERTH_AUTH", value_enum)]
+    auth: Option<AuthMode>,
+    /// PEM certificate (chain) for HTTPS.
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// `self-signed`: generate a CA and certificate (CA written to <data>/tls/ca.crt).
+    #[arg(long, value_enum)]
+    tls: Option<TlsKind>,
+    /// Names (DNS or IP) for the self-signed certificate (repeatable).
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
+    /// Allow plain HTTP beyond loopback (behind a TLS-terminating proxy).
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::from_file(p),
+        None => Ok(Config::default()),
+    }
 }
 
 impl ServeArgs {
     fn load(self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
+        let mut c = load_config(self.config.as_ref())?;
         if let Some(v) = self.listen {
             c.listen = v;
         }
@@ -59,8 +163,37 @@ impl ServeArgs {
         if let Some(v) = self.database {
             c.database = Some(v);
         }
+        if let Some(v) = self.auth {
+            c.auth.mode = Some(v);
+        }
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            c.tls.cert = self.tls_cert;
+            c.tls.key = self.tls_key;
+        }
+        if self.tls.is_some() {
+            c.tls.self_signed = true;
+        }
+        if !self.tls_names.is_empty() {
+            c.tls.names = self.tls_names;
+        }
+        c.tls.insecure_http |= self.insecure_http;
         c.validate()?;
         Ok(c)
+    }
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Meta> {
+        let mut c = load_config(self.config.as_ref())?;
+        if let Some(v) = &self.data {
+            c.data = v.clone();
+        }
+        if let Some(v) = &self.database {
+            c.database = Some(v.clone());
+        }
+        std::fs::create_dir_all(&c.data)
+            .with_context(|| format!("cannot create data directory {}", c.data.display()))?;
+        Ok(Meta::connect(&c.database_url()).await?)
     }
 }
 
@@ -93,11 +226,13 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let args = match cli.cmd {
-        Some(Cmd::Serve(a)) => a,
-        None => cli.serve,
+    let result = match cli.cmd {
+        Some(Cmd::Serve(a)) => serve(a).await,
+        None => serve(cli.serve).await,
+        Some(Cmd::User { cmd, store }) => user(cmd, store).await,
+        Some(Cmd::Robot { cmd, store }) => robot(cmd, store).await,
     };
-    match run(args).await {
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-registry: {e:#}");
@@ -106,20 +241,71 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.load()?;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let listen = config.listen;
+    let tls_on = config.tls.self_signed || config.tls.cert.is_some();
+    anyhow::ensure!(
+        tls_on || config.tls.insecure_http || tls::is_loopback(&listen),
+        "refusing plain HTTP on {listen}: clients would send passwords and tokens in clear text. \
+         Use --tls self-signed, or --tls-cert FILE --tls-key FILE, or --insecure-http behind a TLS-terminating proxy"
+    );
+    let source = if config.tls.self_signed {
+        let names = if config.tls.names.is_empty() {
+            tls::default_names(&listen)
+        } else {
+            config.tls.names.clone()
+        };
+        Some(TlsSource::SelfSigned {
+            names,
+            dir: config.data.join("tls"),
+        })
+    } else {
+        match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    };
     let state = AppState::open(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}: is another registry running? pick another with --listen"))?;
-    tracing::info!(addr = %listener.local_addr()?, data = %state.config.data.display(), "berth-registry listening");
+    let listener = std::net::TcpListener::bind(listen).with_context(|| {
+        format!("cannot listen on {listen}: is another registry running? pick another with --listen")
+    })?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data = %state.config.data.display(),
+        auth = ?state.auth.mode(),
+        tls = source.is_some(),
+        "berth-registry listening"
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(berth_registry::serve(listener, state, async move {
+    let shutdown = async move {
         shutdown_signal().await;
         let _ = tx.send(());
-    }));
+    };
+    let server = match source {
+        Some(source) => {
+            let files = tls::prepare(&source)?;
+            if let Some(ca) = &files.ca {
+                tracing::info!(
+                    ca = %ca.display(),
+                    "self-signed TLS: clients must trust this CA (docker: copy it to /etc/docker/certs.d/<host:port>/ca.crt)"
+                );
+            }
+            let rustls = tls::load(&files).await?;
+            tls::reload_on_sighup(rustls.clone(), files);
+            let app = berth_registry::app(state);
+            tokio::spawn(async move { tls::serve_tls(listener, app, rustls, shutdown, grace).await })
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(berth_registry::serve(listener, state, shutdown))
+        }
+    };
     tokio::select! {
         r = server => r.context("server task failed")?.context("server failed")?,
         _ = async {
@@ -128,5 +314,160 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         } => tracing::warn!("grace period over: exiting with requests still in flight"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn read_secret_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(
+        !pw.is_empty(),
+        "empty password: pipe it in, e.g. `echo \"$PW\" | berth-registry user add NAME --password-stdin`"
+    );
+    Ok(pw)
+}
+
+fn check_user_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+        "invalid user name {name:?}: use up to 64 of [A-Za-z0-9._-]"
+    );
+    Ok(())
+}
+
+async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
+    let meta = store.open().await?;
+    match cmd {
+        UserCmd::Add { name, .. } => {
+            check_user_name(&name)?;
+            let hash = hash_password(read_secret_stdin()?).await?;
+            meta.create_account(&Account {
+                name: name.clone(),
+                kind: "user".into(),
+                password_hash: hash,
+                scopes: None,
+                created_at: 0,
+            })
+            .await?;
+            println!("added user {name}");
+        }
+        UserCmd::Passwd { name, .. } => {
+            let hash = hash_password(read_secret_stdin()?).await?;
+            anyhow::ensure!(
+                meta.set_password(&name, &hash).await?,
+                "no account {name}: add it with `berth-registry user add`"
+            );
+            println!("changed the password of {name}");
+        }
+        UserCmd::Rm { name } => {
+            anyhow::ensure!(meta.delete_account(&name).await?, "no account {name}");
+            println!("removed {name}");
+        }
+        UserCmd::List => {
+            for a in meta.accounts().await? {
+                println!("{}\t{}", a.name, a.kind);
+            }
+        }
+        UserCmd::ImportHtpasswd { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut entries = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (name, hash) = line
+                    .split_once(':')
+                    .with_context(|| format!("{}:{}: expected NAME:HASH", file.display(), i + 1))?;
+                anyhow::ensure!(
+                    ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)),
+                    "{}:{}: {name} has a non-bcrypt hash; only bcrypt entries are accepted (recreate them with `htpasswd -B`)",
+                    file.display(),
+                    i + 1
+                );
+                check_user_name(name)?;
+                entries.push((name.to_owned(), hash.to_owned()));
+            }
+            let (mut added, mut updated) = (0, 0);
+            for (name, hash) in entries {
+                let account = Account {
+                    name: name.clone(),
+                    kind: "user".into(),
+                    password_hash: hash.clone(),
+                    scopes: None,
+                    created_at: 0,
+                };
+                match meta.create_account(&account).await {
+                    Ok(()) => added += 1,
+                    Err(berth_storage::Error::AlreadyExists { .. }) => {
+                        meta.set_password(&name, &hash).await?;
+                        updated += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            println!("imported {added} new and {updated} existing users");
+        }
+    }
+    Ok(())
+}
+
+async fn robot(cmd: RobotCmd, store: StoreArgs) -> anyhow::Result<()> {
+    let meta = store.open().await?;
+    let full = |n: &str| {
+        if n.starts_with("robot$") {
+            n.to_owned()
+        } else {
+            format!("robot${n}")
+        }
+    };
+    match cmd {
+        RobotCmd::Add { name, repos, actions } => {
+            check_user_name(name.trim_start_matches("robot$"))?;
+            let actions = actions
+                .iter()
+                .map(|a| {
+                    Action::parse(a.trim()).with_context(|| format!("unknown action {a:?}: use pull, push or delete"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let scopes = serde_json::to_string(&vec![RobotScope { repos, actions }])?;
+            let secret_bytes: [u8; 32] = rand::random();
+            let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret_bytes);
+            let hash = tokio::task::spawn_blocking({
+                let s = secret.clone();
+                move || bcrypt::hash(s, BCRYPT_COST)
+            })
+            .await??;
+            let name = full(&name);
+            meta.create_account(&Account {
+                name: name.clone(),
+                kind: "robot".into(),
+                password_hash: hash,
+                scopes: Some(scopes),
+                created_at: 0,
+            })
+            .await?;
+            // Name, then secret: the only time the secret is shown.
+            println!("{name}");
+            println!("{secret}");
+        }
+        RobotCmd::Rm { name } => {
+            let name = full(&name);
+            anyhow::ensure!(meta.delete_account(&name).await?, "no robot {name}");
+            println!("revoked {name}");
+        }
+        RobotCmd::List => {
+            for a in meta.accounts().await?.into_iter().filter(|a| a.kind == "robot") {
+                println!("{}\t{}", a.name, a.scopes.unwrap_or_default());
+            }
+        }
+    }
     Ok(())
 }

@@ -86,8 +86,8 @@ fn reference_registry_fails_only_its_known_gaps() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
-    let reference = Server::reference(&tmp.path().join("ref"), free_port().expect("port"))
-        .expect("docker-registry starts");
+    let reference =
+        Server::reference(&tmp.path().join("ref"), free_port().expect("port")).expect("docker-registry starts");
     let o = conformance(&reference.url());
     drop(reference);
 
@@ -101,11 +101,7 @@ fn reference_registry_fails_only_its_known_gaps() {
         "{}",
         o.output
     );
-    let referrers: Vec<_> = o
-        .failed
-        .iter()
-        .filter(|c| c.starts_with("referrers/"))
-        .collect();
+    let referrers: Vec<_> = o.failed.iter().filter(|c| c.starts_with("referrers/")).collect();
     assert!(
         referrers.len() >= 5,
         "referrers checks must fail on distribution 2.8:\n{}",

@@ -25,11 +25,9 @@ fn skopeo_round_trip_is_byte_exact() {
         .arg(&dst));
 
     // The manifest comes back byte-exact.
-    let raw =
-        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &dst])).stdout;
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &dst])).stdout;
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
-            .expect("json");
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("json");
     let want = index["manifests"]
         .as_array()
         .expect("manifests")
@@ -54,22 +52,12 @@ fn skopeo_round_trip_is_byte_exact() {
         got.keys()
     );
     for (name, bytes) in &got {
-        assert_eq!(
-            Some(bytes),
-            src.get(name),
-            "blob {name} differs from the source"
-        );
+        assert_eq!(Some(bytes), src.get(name), "blob {name} differs from the source");
     }
 
     // Registry to registry inside Berth (cross-repository mount), then list tags.
     let copy = format!("docker://{}/team/copy:1", reg.addr);
-    run(Command::new("skopeo").args([
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        &dst,
-        &copy,
-    ]));
+    run(Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false", &dst, &copy]));
     let tags = text(run(Command::new("skopeo").args([
         "list-tags",
         "--tls-verify=false",
@@ -110,10 +98,7 @@ fn docker_push_pull_run() {
     // docker push (gzip layers, Docker schema 2, a cross-repository mount) and back.
     run(Command::new("docker").args(["tag", &first, &second]));
     let push = text(run(Command::new("docker").args(["push", &second])));
-    assert!(
-        push.contains("digest: sha256:"),
-        "docker push output: {push}"
-    );
+    assert!(push.contains("digest: sha256:"), "docker push output: {push}");
     run(Command::new("docker").args(["rmi", &first, &second]));
     run(Command::new("docker").args(["pull", &second]));
     let out = text(run(Command::new("docker").args([

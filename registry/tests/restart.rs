@@ -28,10 +28,7 @@ fn digest(b: &[u8]) -> String {
 async fn patch(c: &Client, url: &str, start: usize, chunk: &[u8]) -> reqwest::Response {
     c.patch(url)
         .header("Content-Type", "application/octet-stream")
-        .header(
-            "Content-Range",
-            format!("{}-{}", start, start + chunk.len() - 1),
-        )
+        .header("Content-Range", format!("{}-{}", start, start + chunk.len() - 1))
         .header("Content-Length", chunk.len())
         .body(chunk.to_vec())
         .send()
@@ -40,10 +37,7 @@ async fn patch(c: &Client, url: &str, start: usize, chunk: &[u8]) -> reqwest::Re
 }
 
 fn location(base: &str, r: &reqwest::Response) -> String {
-    let l = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_owned();
+    let l = r.headers()["location"].to_str().expect("location").to_owned();
     if l.starts_with("http") {
         l
     } else {
@@ -66,18 +60,11 @@ async fn chunked_upload_continues_after_restart() {
         .await
         .expect("POST");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let path = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_owned();
+    let path = r.headers()["location"].to_str().expect("location").to_owned();
     let r = patch(&client, &location(&reg.url(), &r), 0, a).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], format!("0-{}", a.len() - 1).as_str());
-    assert!(
-        reg.stop().expect("stop").success(),
-        "graceful stop:\n{}",
-        reg.log()
-    );
+    assert!(reg.stop().expect("stop").success(), "graceful stop:\n{}", reg.log());
 
     let reg = start(&tmp.path().join("data"));
     let url = format!("{}{path}", reg.url());
@@ -88,10 +75,7 @@ async fn chunked_upload_continues_after_restart() {
     assert_eq!(r.status(), StatusCode::ACCEPTED, "{:?}", r.text().await);
     let r = client
         .put(format!("{url}?digest={}", digest(&blob)))
-        .header(
-            "Content-Range",
-            format!("{}-{}", a.len() + b.len(), blob.len() - 1),
-        )
+        .header("Content-Range", format!("{}-{}", a.len() + b.len(), blob.len() - 1))
         .header("Content-Length", c.len())
         .body(c.to_vec())
         .send()
@@ -126,10 +110,7 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
         .await
         .expect("POST");
     let url = location(&reg.url(), &r);
-    assert_eq!(
-        patch(&client, &url, 0, a).await.status(),
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(patch(&client, &url, 0, a).await.status(), StatusCode::ACCEPTED);
 
     // A chunk that stalls halfway: the registry dies while receiving it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -160,10 +141,7 @@ async fn crash_mid_chunk_keeps_what_was_committed() {
         format!("0-{}", a.len() - 1).as_str(),
         "the half chunk must not count"
     );
-    assert_eq!(
-        patch(&client, &url, a.len(), b).await.status(),
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(patch(&client, &url, a.len(), b).await.status(), StatusCode::ACCEPTED);
     let r = client
         .put(format!("{url}?digest={}", digest(&blob)))
         .send()
@@ -208,10 +186,7 @@ async fn sigterm_lets_an_in_flight_upload_finish() {
         .await
         .expect("second half");
     drop(tx);
-    let resp = pending
-        .await
-        .expect("join")
-        .expect("in-flight request completes");
+    let resp = pending.await.expect("join").expect("in-flight request completes");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let (status, reg) = pid_stop.await.expect("join");
     assert!(

@@ -84,11 +84,7 @@ impl BlobStore {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        let res = self
-            .store
-            .get_opts(&key, opts)
-            .await
-            .map_err(Error::backend(&key))?;
+        let res = self.store.get_opts(&key, opts).await.map_err(Error::backend(&key))?;
         let size = res.meta.size;
         let range = res.range.clone();
         let stream = match res.payload {
@@ -117,21 +113,12 @@ impl BlobStore {
     /// Hashing runs on its own blocking thread, fed batches of about [`HASH_BATCH`] bytes, so
     /// that SHA-256 (the one inherently sequential cost of an upload) overlaps with receiving
     /// the body and writing it out instead of adding to them.
-    pub async fn write_part<S, E>(
-        &self,
-        key: &Path,
-        mut body: S,
-        hasher: &mut Sha256,
-    ) -> Result<u64>
+    pub async fn write_part<S, E>(&self, key: &Path, mut body: S, hasher: &mut Sha256) -> Result<u64>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let upload = self
-            .store
-            .put_multipart(key)
-            .await
-            .map_err(Error::backend(key))?;
+        let upload = self.store.put_multipart(key).await.map_err(Error::backend(key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
         let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
         let mut h = hasher.clone();
@@ -214,18 +201,11 @@ impl BlobStore {
                     .map_err(Error::backend(&key))?;
             }
             [one] => {
-                self.store
-                    .rename(one, &key)
-                    .await
-                    .map_err(Error::backend(one))?;
+                self.store.rename(one, &key).await.map_err(Error::backend(one))?;
             }
             many => {
                 // Concatenate into one multipart upload; completed only once all bytes are in.
-                let upload = self
-                    .store
-                    .put_multipart(&key)
-                    .await
-                    .map_err(Error::backend(&key))?;
+                let upload = self.store.put_multipart(&key).await.map_err(Error::backend(&key))?;
                 let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
                 for part in many {
                     let mut s = self.read_part(part).await?;
@@ -252,16 +232,8 @@ impl BlobStore {
         Ok(())
     }
 
-    async fn read_part(
-        &self,
-        part: &Path,
-    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
-        Ok(self
-            .store
-            .get(part)
-            .await
-            .map_err(Error::backend(part))?
-            .into_stream())
+    async fn read_part(&self, part: &Path) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+        Ok(self.store.get(part).await.map_err(Error::backend(part))?.into_stream())
     }
 
     /// Hashes staged parts from storage: the fallback when a saved hash state cannot be used.
@@ -297,10 +269,7 @@ impl BlobStore {
 }
 
 /// Streams a byte range of a local file with large reads on a blocking thread.
-fn file_stream(
-    file: std::fs::File,
-    range: Range<u64>,
-) -> BoxStream<'static, std::io::Result<Bytes>> {
+fn file_stream(file: std::fs::File, range: Range<u64>) -> BoxStream<'static, std::io::Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut file = file;
@@ -326,10 +295,7 @@ fn file_stream(
             }
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed()
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 #[cfg(test)]
@@ -337,15 +303,8 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    fn chunks(
-        parts: &[&'static [u8]],
-    ) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
-        futures::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::from_static(p)))
-                .collect::<Vec<_>>(),
-        )
+    fn chunks(parts: &[&'static [u8]]) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
+        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
     }
 
     async fn read_all(s: &BlobStore, d: &Digest, r: Option<Range<u64>>) -> Vec<u8> {
@@ -363,25 +322,13 @@ mod tests {
         let p2 = paths::upload_part("s1", 1);
         let mut h = Sha256::new();
         assert_eq!(
-            s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h)
-                .await
-                .expect("p1"),
+            s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h).await.expect("p1"),
             7
         );
-        assert_eq!(
-            s.write_part(&p2, chunks(&[b"world"]), &mut h)
-                .await
-                .expect("p2"),
-            5
-        );
+        assert_eq!(s.write_part(&p2, chunks(&[b"world"]), &mut h).await.expect("p2"), 5);
         assert_eq!(Digest::from_sha256(&h.finalize()), d);
         assert_eq!(
-            Digest::from_sha256(
-                &s.rehash(&[p1.clone(), p2.clone()])
-                    .await
-                    .expect("rehash")
-                    .finalize()
-            ),
+            Digest::from_sha256(&s.rehash(&[p1.clone(), p2.clone()]).await.expect("rehash").finalize()),
             d
         );
         assert_eq!(s.stat(&d).await.expect("stat"), None);
@@ -392,9 +339,7 @@ mod tests {
         // Committing the same content again is success and drops the new part.
         let p3 = paths::upload_part("s2", 0);
         let mut h = Sha256::new();
-        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h)
-            .await
-            .expect("p3");
+        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h).await.expect("p3");
         s.commit(&[p3], &d).await.expect("recommit");
         // The empty blob.
         s.commit(&[], &Digest::empty()).await.expect("empty");
@@ -427,8 +372,7 @@ mod tests {
     #[tokio::test]
     async fn local_backend() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let raw: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
+        let raw: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("fs"));
         suite(BlobStore::local(dir.path()).expect("local"), raw).await;
     }
 }

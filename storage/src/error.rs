@@ -24,7 +24,9 @@ pub enum Error {
         id: String,
     },
     /// A chunk did not start where the session's data ends.
-    #[error("chunk starts at byte {start}, but the upload holds {offset} bytes: send the chunk that starts at {offset}")]
+    #[error(
+        "chunk starts at byte {start}, but the upload holds {offset} bytes: send the chunk that starts at {offset}"
+    )]
     OutOfOrder {
         /// Session offset (bytes received so far).
         offset: u64,
@@ -111,9 +113,7 @@ impl Error {
         move |source| Error::Database { op, source }
     }
 
-    pub(crate) fn backend(
-        key: &object_store::path::Path,
-    ) -> impl FnOnce(object_store::Error) -> Error + '_ {
+    pub(crate) fn backend(key: &object_store::path::Path) -> impl FnOnce(object_store::Error) -> Error + '_ {
         move |source| Error::Backend {
             key: key.to_string(),
             source,

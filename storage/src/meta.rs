@@ -35,16 +35,8 @@ fn migrator() -> Migrator {
     };
     Migrator {
         migrations: Cow::Owned(vec![
-            m(
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            ),
-            m(
-                2,
-                "users",
-                include_str!("../../migrations/sqlite/0002_users.sql"),
-            ),
+            m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+            m(2, "users", include_str!("../../migrations/sqlite/0002_users.sql")),
         ]),
         ..Migrator::DEFAULT
     }
@@ -185,10 +177,7 @@ impl Meta {
     }
 
     async fn begin(&self) -> Result<Tx<'_>> {
-        self.write
-            .begin()
-            .await
-            .map_err(Error::db("starting a transaction"))
+        self.write.begin().await.map_err(Error::db("starting a transaction"))
     }
 
     // ---- blobs -------------------------------------------------------------------------
@@ -449,14 +438,13 @@ impl Meta {
 
     /// Deletes a tag; the manifest stays, reachable by digest.
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<()> {
-        let r = sqlx::query(
-            "DELETE FROM tags WHERE name = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)",
-        )
-        .bind(tag)
-        .bind(repo)
-        .execute(&self.write)
-        .await
-        .map_err(Error::db("deleting a tag"))?;
+        let r =
+            sqlx::query("DELETE FROM tags WHERE name = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)")
+                .bind(tag)
+                .bind(repo)
+                .execute(&self.write)
+                .await
+                .map_err(Error::db("deleting a tag"))?;
         if r.rows_affected() == 0 {
             return Err(Error::ManifestUnknown {
                 repo: repo.to_owned(),
@@ -471,18 +459,14 @@ impl Meta {
         let repo_id = self
             .repo_id(repo)
             .await?
-            .ok_or_else(|| Error::NameUnknown {
-                repo: repo.to_owned(),
-            })?;
-        sqlx::query_scalar(
-            "SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3",
-        )
-        .bind(repo_id)
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(n))
-        .fetch_all(&self.read)
-        .await
-        .map_err(Error::db("listing tags"))
+            .ok_or_else(|| Error::NameUnknown { repo: repo.to_owned() })?;
+        sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repo_id)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n))
+            .fetch_all(&self.read)
+            .await
+            .map_err(Error::db("listing tags"))
     }
 
     /// Up to `n` repository names after `last`, in lexical order.
@@ -496,12 +480,7 @@ impl Meta {
     }
 
     /// Manifests in `repo` whose subject is `digest`, optionally of one artifact type.
-    pub async fn referrers(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Vec<Descriptor>> {
+    pub async fn referrers(&self, repo: &str, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, LENGTH(m.content) FROM manifests m \
              JOIN repositories r ON r.id = m.repo_id \
@@ -516,8 +495,7 @@ impl Meta {
         rows.into_iter()
             .map(|row| {
                 let d: String = row.try_get(0).map_err(Error::db("listing referrers"))?;
-                let annotations: Option<String> =
-                    row.try_get(3).map_err(Error::db("listing referrers"))?;
+                let annotations: Option<String> = row.try_get(3).map_err(Error::db("listing referrers"))?;
                 let annotations = match annotations {
                     Some(a) => Some(
                         serde_json::from_str::<BTreeMap<String, String>>(&a)
@@ -528,10 +506,7 @@ impl Meta {
                 Ok(Descriptor {
                     media_type: row.try_get(1).map_err(Error::db("listing referrers"))?,
                     digest: parse_digest(&d)?,
-                    size: to_u64(
-                        row.try_get(4).map_err(Error::db("listing referrers"))?,
-                        "manifest size",
-                    )?,
+                    size: to_u64(row.try_get(4).map_err(Error::db("listing referrers"))?, "manifest size")?,
                     artifact_type: row.try_get(2).map_err(Error::db("listing referrers"))?,
                     annotations,
                     urls: None,
@@ -560,33 +535,26 @@ impl Meta {
 
     /// A session of `repo`.
     pub async fn get_upload(&self, repo: &str, id: &str) -> Result<UploadRow> {
-        let row =
-            sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
-                .bind(id)
-                .bind(repo)
-                .fetch_optional(&self.write)
-                .await
-                .map_err(Error::db("reading an upload session"))?
-                .ok_or_else(|| Error::UploadUnknown {
-                    repo: repo.to_owned(),
-                    id: id.to_owned(),
-                })?;
-        let parts: String = row
-            .try_get(1)
-            .map_err(Error::db("reading an upload session"))?;
+        let row = sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
+            .bind(id)
+            .bind(repo)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(Error::db("reading an upload session"))?
+            .ok_or_else(|| Error::UploadUnknown {
+                repo: repo.to_owned(),
+                id: id.to_owned(),
+            })?;
+        let parts: String = row.try_get(1).map_err(Error::db("reading an upload session"))?;
         Ok(UploadRow {
             id: id.to_owned(),
             repo: repo.to_owned(),
             size: to_u64(
-                row.try_get(0)
-                    .map_err(Error::db("reading an upload session"))?,
+                row.try_get(0).map_err(Error::db("reading an upload session"))?,
                 "upload size",
             )?,
-            parts: serde_json::from_str(&parts)
-                .map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
-            hash_state: row
-                .try_get(2)
-                .map_err(Error::db("reading an upload session"))?,
+            parts: serde_json::from_str(&parts).map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
+            hash_state: row.try_get(2).map_err(Error::db("reading an upload session"))?,
         })
     }
 
@@ -682,24 +650,20 @@ impl Meta {
 
     /// One account by name.
     pub async fn account(&self, name: &str) -> Result<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT name, kind, password_hash, scopes, created_at FROM users WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await
-        .map_err(Error::db("reading an account"))?;
+        let row = sqlx::query("SELECT name, kind, password_hash, scopes, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(Error::db("reading an account"))?;
         row.map(|r| account_from_row(&r)).transpose()
     }
 
     /// Every account, by name.
     pub async fn accounts(&self) -> Result<Vec<Account>> {
-        let rows = sqlx::query(
-            "SELECT name, kind, password_hash, scopes, created_at FROM users ORDER BY name",
-        )
-        .fetch_all(&self.read)
-        .await
-        .map_err(Error::db("listing accounts"))?;
+        let rows = sqlx::query("SELECT name, kind, password_hash, scopes, created_at FROM users ORDER BY name")
+            .fetch_all(&self.read)
+            .await
+            .map_err(Error::db("listing accounts"))?;
         rows.iter().map(account_from_row).collect()
     }
 }
@@ -729,21 +693,13 @@ mod tests {
         );
         let parsed = manifest::parse(body.as_bytes(), None).expect("parse");
         let d = Digest::of(body.as_bytes());
-        let err = meta
-            .put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1"))
-            .await;
-        assert!(
-            matches!(err, Err(Error::ManifestBlobUnknown { .. })),
-            "{err:?}"
-        );
+        let err = meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1")).await;
+        assert!(matches!(err, Err(Error::ManifestBlobUnknown { .. })), "{err:?}");
         meta.link_blob("a/b", &cfg, 2).await.expect("link");
         meta.put_manifest("a/b", &d, &parsed, body.as_bytes(), Some("v1"))
             .await
             .expect("put");
-        let m = meta
-            .get_manifest("a/b", Reference::Tag("v1"), true)
-            .await
-            .expect("get");
+        let m = meta.get_manifest("a/b", Reference::Tag("v1"), true).await.expect("get");
         assert_eq!(m.content.as_deref(), Some(body.as_bytes()));
         assert_eq!(m.size, body.len() as u64);
         assert_eq!(meta.tags("a/b", 10, None).await.expect("tags"), vec!["v1"]);
@@ -757,19 +713,10 @@ mod tests {
             body.len()
         );
         let ap = manifest::parse(art.as_bytes(), None).expect("parse");
-        meta.put_manifest(
-            "a/b",
-            &Digest::of(art.as_bytes()),
-            &ap,
-            art.as_bytes(),
-            None,
-        )
-        .await
-        .expect("put");
-        assert_eq!(
-            meta.referrers("a/b", &d, None).await.expect("refs").len(),
-            1
-        );
+        meta.put_manifest("a/b", &Digest::of(art.as_bytes()), &ap, art.as_bytes(), None)
+            .await
+            .expect("put");
+        assert_eq!(meta.referrers("a/b", &d, None).await.expect("refs").len(), 1);
         assert_eq!(
             meta.referrers("a/b", &d, Some("application/x-sig"))
                 .await
@@ -777,13 +724,7 @@ mod tests {
                 .len(),
             1
         );
-        assert_eq!(
-            meta.referrers("a/b", &d, Some("other"))
-                .await
-                .expect("refs")
-                .len(),
-            0
-        );
+        assert_eq!(meta.referrers("a/b", &d, Some("other")).await.expect("refs").len(), 0);
 
         meta.delete_manifest("a/b", &d).await.expect("delete");
         assert!(meta.tags("a/b", 10, None).await.expect("tags").is_empty());
@@ -811,10 +752,7 @@ mod tests {
         assert!(meta.set_password("alice", "h2").await.expect("passwd"));
         assert!(!meta.set_password("bob", "h2").await.expect("passwd"));
         let got = meta.account("alice").await.expect("get").expect("exists");
-        assert_eq!(
-            (got.kind.as_str(), got.password_hash.as_str()),
-            ("user", "h2")
-        );
+        assert_eq!((got.kind.as_str(), got.password_hash.as_str()), ("user", "h2"));
         assert_eq!(meta.accounts().await.expect("list").len(), 1);
         assert!(meta.delete_account("alice").await.expect("rm"));
         assert!(meta.account("alice").await.expect("get").is_none());

@@ -16,12 +16,7 @@ use object_store::path::Path;
 /// Key of a committed blob.
 pub fn blob(digest: &Digest) -> Path {
     let hex = digest.hex();
-    Path::from(format!(
-        "blobs/{}/{}/{}",
-        digest.algorithm(),
-        &hex[..2],
-        hex
-    ))
+    Path::from(format!("blobs/{}/{}/{}", digest.algorithm(), &hex[..2], hex))
 }
 
 /// Prefix of everything staged for one upload session.
@@ -31,10 +26,7 @@ pub fn upload_dir(session: &str) -> Path {
 
 /// Key of a new staged part, `n`-th of its session.
 pub fn upload_part(session: &str, n: usize) -> Path {
-    Path::from(format!(
-        "uploads/{session}/{n:06}-{}",
-        uuid::Uuid::new_v4().simple()
-    ))
+    Path::from(format!("uploads/{session}/{n:06}-{}", uuid::Uuid::new_v4().simple()))
 }
 
 #[cfg(test)]
@@ -48,8 +40,6 @@ mod tests {
             blob(&d).as_ref(),
             "blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert!(upload_part("abc", 3)
-            .as_ref()
-            .starts_with("uploads/abc/000003-"));
+        assert!(upload_part("abc", 3).as_ref().starts_with("uploads/abc/000003-"));
     }
 }

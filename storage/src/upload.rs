@@ -80,12 +80,7 @@ impl Uploads {
         self.blobs.rehash(&part_keys(row)).await
     }
 
-    async fn append_row<S, E>(
-        &self,
-        row: UploadRow,
-        check: ChunkCheck,
-        body: S,
-    ) -> Result<(UploadRow, Sha256)>
+    async fn append_row<S, E>(&self, row: UploadRow, check: ChunkCheck, body: S) -> Result<(UploadRow, Sha256)>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -100,13 +95,9 @@ impl Uploads {
         }
         let mut hasher = self.hasher(&row).await?;
         let key = paths::upload_part(&row.id, row.parts.len());
-        let written = self
-            .blobs
-            .write_part(&key, body, &mut hasher)
-            .await
-            .inspect_err(|_| {
-                // write_part removed what it staged; the session is unchanged.
-            })?;
+        let written = self.blobs.write_part(&key, body, &mut hasher).await.inspect_err(|_| {
+            // write_part removed what it staged; the session is unchanged.
+        })?;
         if let Some(declared) = check.len {
             if declared != written {
                 self.blobs.delete_parts(std::slice::from_ref(&key)).await;
@@ -141,13 +132,7 @@ impl Uploads {
     }
 
     /// Appends one chunk to the session.
-    pub async fn append<S, E>(
-        &self,
-        repo: &str,
-        id: &str,
-        check: ChunkCheck,
-        body: S,
-    ) -> Result<Upload>
+    pub async fn append<S, E>(&self, repo: &str, id: &str, check: ChunkCheck, body: S) -> Result<Upload>
     where
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
@@ -206,10 +191,7 @@ impl Uploads {
 }
 
 fn part_keys(row: &UploadRow) -> Vec<Path> {
-    row.parts
-        .iter()
-        .map(|p| Path::from(p.key.as_str()))
-        .collect()
+    row.parts.iter().map(|p| Path::from(p.key.as_str())).collect()
 }
 
 #[cfg(test)]
@@ -257,16 +239,7 @@ mod tests {
                 body(b"abc"),
             )
             .await;
-        assert!(
-            matches!(
-                err,
-                Err(Error::OutOfOrder {
-                    offset: 3,
-                    start: 0
-                })
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, Err(Error::OutOfOrder { offset: 3, start: 0 })), "{err:?}");
         // Simulate a state written by an unknown future format: the fallback re-hashes.
         let mut row = meta.get_upload("r", &u.id).await.expect("row");
         row.hash_state = Some(vec![99]);
@@ -289,10 +262,7 @@ mod tests {
         );
         assert_eq!(meta.linked_blob("r", &d).await.expect("link"), Some(6));
         assert_eq!(blobs.stat(&d).await.expect("stat"), Some(6));
-        assert!(matches!(
-            up.status("r", &u.id).await,
-            Err(Error::UploadUnknown { .. })
-        ));
+        assert!(matches!(up.status("r", &u.id).await, Err(Error::UploadUnknown { .. })));
     }
 
     #[tokio::test]
@@ -326,9 +296,6 @@ mod tests {
         );
         assert_eq!(up.status("r", &u.id).await.expect("status").size, 0);
         up.cancel("r", &u.id).await.expect("cancel");
-        assert!(matches!(
-            up.cancel("r", &u.id).await,
-            Err(Error::UploadUnknown { .. })
-        ));
+        assert!(matches!(up.cancel("r", &u.id).await, Err(Error::UploadUnknown { .. })));
     }
 }

@@ -191,11 +191,7 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
     };
     for run in 0..cli.runs {
         // Alternate who goes first, so neither always meets the other's leftovers.
-        let order: [&Server; 2] = if run % 2 == 0 {
-            [berth, peer]
-        } else {
-            [peer, berth]
-        };
+        let order: [&Server; 2] = if run % 2 == 0 { [berth, peer] } else { [peer, berth] };
         for (i, server) in order.into_iter().enumerate() {
             let head = Bytes::from(format!("run {run} server {i} {:?}\n", Instant::now()));
             let (secs, peak) = put_once(&client, server, head, &body, cli.keep_caches).await?;
@@ -273,11 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let want = |w: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == w);
     let dir = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
-    let berth = Server::berth(
-        &sibling_bin("berth-registry")?,
-        &dir.path().join("berth"),
-        free_port()?,
-    )?;
+    let berth = Server::berth(&sibling_bin("berth-registry")?, &dir.path().join("berth"), free_port()?)?;
     let peer = Server::reference(&dir.path().join("reference"), free_port()?)?;
     let mut figs = Vec::new();
     if want("blob-put") {

@@ -79,12 +79,7 @@ pub(super) async fn get(
             repo: name.to_owned(),
             digest: digest.clone(),
         })?;
-    let range = parse_range(
-        req.headers()
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok()),
-        size,
-    );
+    let range = parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size);
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("docker-content-digest", digest.to_string())
@@ -102,10 +97,7 @@ pub(super) async fn get(
         }
         RangeAsk::Whole => (StatusCode::OK, None),
         RangeAsk::Part(r) => {
-            b = b.header(
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{size}", r.start, r.end - 1),
-            );
+            b = b.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1));
             (StatusCode::PARTIAL_CONTENT, Some(r))
         }
     };
@@ -121,11 +113,7 @@ pub(super) async fn get(
         .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))
 }
 
-pub(super) async fn delete(
-    state: &AppState,
-    name: &str,
-    digest: &str,
-) -> Result<Response, AppError> {
+pub(super) async fn delete(state: &AppState, name: &str, digest: &str) -> Result<Response, AppError> {
     let digest = parse_digest(digest)?;
     if !state.meta.unlink_blob(name, &digest).await? {
         return Err(StoreError::BlobUnknown {

@@ -15,9 +15,7 @@ struct Page {
 
 /// The page size asked for, capped by the configured page size (bounds one request's work).
 fn page(state: &AppState, req: &Request) -> Result<(u32, Option<String>), AppError> {
-    let p: Page = Query::try_from_uri(req.uri())
-        .map(|q| q.0)
-        .unwrap_or_default();
+    let p: Page = Query::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let n = match p.n.as_deref() {
         None | Some("") => state.config.page_size,
         Some(s) => s
@@ -36,22 +34,12 @@ fn page(state: &AppState, req: &Request) -> Result<(u32, Option<String>), AppErr
 
 /// Answers one page; `items` holds up to n+1 entries, the extra one only telling that a next
 /// page exists.
-fn answer(
-    mut items: Vec<String>,
-    n: u32,
-    base: &str,
-    key: &str,
-    extra: serde_json::Value,
-) -> Response {
+fn answer(mut items: Vec<String>, n: u32, base: &str, key: &str, extra: serde_json::Value) -> Response {
     let more = items.len() > n as usize;
     items.truncate(n as usize);
     let mut body = extra;
     body[key] = serde_json::json!(items);
-    let mut resp = (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if more {
         if let Some(last) = items.last() {
             let link = format!("<{base}?n={n}&last={last}>; rel=\"next\"");
@@ -87,11 +75,5 @@ pub(super) async fn catalog(state: &AppState, req: Request) -> Result<Response, 
     } else {
         state.meta.catalog(n + 1, last.as_deref()).await?
     };
-    Ok(answer(
-        repos,
-        n,
-        "/v2/_catalog",
-        "repositories",
-        serde_json::json!({}),
-    ))
+    Ok(answer(repos, n, "/v2/_catalog", "repositories", serde_json::json!({})))
 }

@@ -79,20 +79,18 @@ impl From<StoreError> for AppError {
         use StatusCode as S;
         let msg = e.to_string();
         match e {
-            StoreError::BlobUnknown { digest, .. } => Self::new(S::NOT_FOUND, "BLOB_UNKNOWN", msg)
-                .detail(serde_json::json!({ "digest": digest })),
-            StoreError::UploadUnknown { .. } => Self::new(S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", msg),
-            StoreError::OutOfOrder { offset, .. } => {
-                Self::new(S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", msg)
-                    .header(header::RANGE, range_value(offset))
+            StoreError::BlobUnknown { digest, .. } => {
+                Self::new(S::NOT_FOUND, "BLOB_UNKNOWN", msg).detail(serde_json::json!({ "digest": digest }))
             }
+            StoreError::UploadUnknown { .. } => Self::new(S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", msg),
+            StoreError::OutOfOrder { offset, .. } => Self::new(S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", msg)
+                .header(header::RANGE, range_value(offset)),
             StoreError::SizeMismatch { .. } => Self::new(S::BAD_REQUEST, "SIZE_INVALID", msg),
             StoreError::DigestMismatch { .. } => Self::new(S::BAD_REQUEST, "DIGEST_INVALID", msg),
             StoreError::NameUnknown { .. } => Self::new(S::NOT_FOUND, "NAME_UNKNOWN", msg),
             StoreError::ManifestUnknown { .. } => Self::new(S::NOT_FOUND, "MANIFEST_UNKNOWN", msg),
             StoreError::ManifestBlobUnknown { digest, .. } => {
-                Self::new(S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", msg)
-                    .detail(serde_json::json!({ "digest": digest }))
+                Self::new(S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", msg).detail(serde_json::json!({ "digest": digest }))
             }
             StoreError::Body { .. } => Self::new(S::BAD_REQUEST, "BLOB_UPLOAD_INVALID", msg),
             other => {
@@ -111,9 +109,7 @@ impl From<ManifestError> for AppError {
     fn from(e: ManifestError) -> Self {
         match e {
             ManifestError::Invalid(m) => Self::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", m),
-            ManifestError::Unsupported(m) => {
-                Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED", m)
-            }
+            ManifestError::Unsupported(m) => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED", m),
             _ => Self::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string()),
         }
     }

@@ -23,9 +23,8 @@ fn parse_ref(reference: &str) -> Result<Ref, AppError> {
     if reference.contains(':') {
         super::parse_digest(reference).map(Ref::Digest)
     } else {
-        validate_tag(reference).map_err(|e| {
-            AppError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string())
-        })?;
+        validate_tag(reference)
+            .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string()))?;
         Ok(Ref::Tag(reference.to_owned()))
     }
 }
@@ -39,12 +38,7 @@ impl Ref {
     }
 }
 
-pub(super) async fn get(
-    state: &AppState,
-    name: &str,
-    reference: &str,
-    head: bool,
-) -> Result<Response, AppError> {
+pub(super) async fn get(state: &AppState, name: &str, reference: &str, head: bool) -> Result<Response, AppError> {
     let r = parse_ref(reference)?;
     let m = state.meta.get_manifest(name, r.as_ref(), !head).await?;
     let body = match m.content {
@@ -84,12 +78,7 @@ async fn read_capped(body: Body, cap: usize) -> Result<Vec<u8>, AppError> {
     Ok(out)
 }
 
-pub(super) async fn put(
-    state: &AppState,
-    name: &str,
-    reference: &str,
-    req: Request,
-) -> Result<Response, AppError> {
+pub(super) async fn put(state: &AppState, name: &str, reference: &str, req: Request) -> Result<Response, AppError> {
     let r = parse_ref(reference)?;
     let cap = state.config.max_manifest_bytes;
     if let Some(len) = req
@@ -101,9 +90,7 @@ pub(super) async fn put(
             return Err(AppError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "SIZE_INVALID",
-                format!(
-                    "manifest of {len} bytes is larger than this registry's limit of {cap} bytes"
-                ),
+                format!("manifest of {len} bytes is larger than this registry's limit of {cap} bytes"),
             ));
         }
     }
@@ -126,10 +113,7 @@ pub(super) async fn put(
         Ref::Tag(t) => Some(t.as_str()),
     };
     let parsed = manifest::parse(&body, content_type.as_deref())?;
-    state
-        .meta
-        .put_manifest(name, &digest, &parsed, &body, tag)
-        .await?;
+    state.meta.put_manifest(name, &digest, &parsed, &body, tag).await?;
     tracing::info!(%digest, tag, media_type = %parsed.media_type, "manifest stored");
     let mut resp = (
         StatusCode::CREATED,
@@ -151,11 +135,7 @@ pub(super) async fn put(
     Ok(resp)
 }
 
-pub(super) async fn delete(
-    state: &AppState,
-    name: &str,
-    reference: &str,
-) -> Result<Response, AppError> {
+pub(super) async fn delete(state: &AppState, name: &str, reference: &str) -> Result<Response, AppError> {
     match parse_ref(reference)? {
         Ref::Digest(d) => state.meta.delete_manifest(name, &d).await?,
         Ref::Tag(t) => state.meta.delete_tag(name, &t).await?,

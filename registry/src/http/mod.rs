@@ -9,11 +9,14 @@ mod catalog;
 pub mod error;
 mod manifests;
 mod referrers;
+mod token;
 mod uploads;
 
+use crate::auth::Need;
+use crate::config::Action;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +24,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use berth_oci::{validate_repository, Digest};
 use error::AppError;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
 
@@ -104,6 +108,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/token", get(token::get).post(token::post))
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*path}", any(dispatch))
@@ -150,19 +155,12 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
             "the request path is not valid UTF-8",
         )
     })?;
-    let route = parse_route(&path).ok_or_else(|| {
-        AppError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("no such endpoint: {path}"),
-        )
-    })?;
+    let route = parse_route(&path)
+        .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such endpoint: {path}")))?;
     let name = match &route {
-        Route::Tags(n)
-        | Route::Manifest(n, _)
-        | Route::Blob(n, _)
-        | Route::Upload(n, _)
-        | Route::Referrers(n, _) => Some(n.as_str()),
+        Route::Tags(n) | Route::Manifest(n, _) | Route::Blob(n, _) | Route::Upload(n, _) | Route::Referrers(n, _) => {
+            Some(n.as_str())
+        }
         Route::Base | Route::Catalog => None,
     };
     if let Some(name) = name {
@@ -170,14 +168,14 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
         tracing::Span::current().record("repo", name);
     }
     let method = req.method().clone();
+    let needs = needs_of(&route, &method);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let access = state.auth.authorize(req.headers(), peer, &needs).await?;
     match route {
         Route::Base => match method {
-            Method::GET | Method::HEAD => Ok((
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                "{}",
-            )
-                .into_response()),
+            Method::GET | Method::HEAD => {
+                Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
+            }
             m => Err(AppError::method(&m, "/v2/")),
         },
         Route::Catalog => match method {
@@ -189,22 +187,18 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
             m => Err(AppError::method(&m, "tags")),
         },
         Route::Manifest(name, reference) => match method {
-            Method::GET | Method::HEAD => {
-                manifests::get(state, &name, &reference, method == Method::HEAD).await
-            }
+            Method::GET | Method::HEAD => manifests::get(state, &name, &reference, method == Method::HEAD).await,
             Method::PUT => manifests::put(state, &name, &reference, req).await,
             Method::DELETE => manifests::delete(state, &name, &reference).await,
             m => Err(AppError::method(&m, "manifests")),
         },
         Route::Blob(name, digest) => match method {
-            Method::GET | Method::HEAD => {
-                blobs::get(state, &name, &digest, method == Method::HEAD, req).await
-            }
+            Method::GET | Method::HEAD => blobs::get(state, &name, &digest, method == Method::HEAD, req).await,
             Method::DELETE => blobs::delete(state, &name, &digest).await,
             m => Err(AppError::method(&m, "blobs")),
         },
         Route::Upload(name, id) => match (method, id.is_empty()) {
-            (Method::POST, true) => uploads::start(state, &name, req).await,
+            (Method::POST, true) => uploads::start(state, &access, &name, req).await,
             (Method::GET, false) => uploads::status(state, &name, &id).await,
             (Method::PATCH, false) => uploads::patch(state, &name, &id, req).await,
             (Method::PUT, false) => uploads::put(state, &name, &id, req).await,
@@ -218,9 +212,34 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
     }
 }
 
+/// What a request needs to be allowed: the action its method and resource imply.
+fn needs_of(route: &Route, method: &Method) -> Vec<Need> {
+    let repo = |n: &str, a: Action| vec![Need::Repo(n.to_owned(), a)];
+    match (route, method) {
+        (Route::Base, _) => vec![Need::Login],
+        (Route::Catalog, _) => vec![Need::Catalog],
+        (Route::Tags(n) | Route::Referrers(n, _), _) => repo(n, Action::Pull),
+        (Route::Manifest(n, _) | Route::Blob(n, _), &Method::GET | &Method::HEAD) => repo(n, Action::Pull),
+        (Route::Manifest(n, _) | Route::Blob(n, _), &Method::DELETE) => repo(n, Action::Delete),
+        (Route::Manifest(n, _), _) | (Route::Upload(n, _), _) => repo(n, Action::Push),
+        (Route::Blob(n, _), _) => repo(n, Action::Pull),
+    }
+}
+
 /// Gives every request an id (the client's `X-Request-Id`, or a new one), a tracing span that
 /// carries it, one log line on completion, and the headers every /v2 response carries.
-async fn request_context(req: Request<Body>, next: Next) -> Response {
+async fn request_context(mut req: Request<Body>, next: Next) -> Response {
+    // HTTP/2 carries the host in the URI's authority, not in a Host header; the token realm
+    // in auth challenges is built from Host, so give every request one.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = req
         .headers()
@@ -228,13 +247,7 @@ async fn request_context(req: Request<Body>, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "{:x}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            )
-        });
+        .unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
     let span = tracing::info_span!(
         "request",
         id = %id,
@@ -273,18 +286,12 @@ mod tests {
         assert_eq!(r("/v2"), Some(Route::Base));
         assert_eq!(r("/v2/_catalog"), Some(Route::Catalog));
         assert_eq!(r("/v2/a/b/tags/list"), Some(Route::Tags("a/b".into())));
-        assert_eq!(
-            r("/v2/a/manifests/v1"),
-            Some(Route::Manifest("a".into(), "v1".into()))
-        );
+        assert_eq!(r("/v2/a/manifests/v1"), Some(Route::Manifest("a".into(), "v1".into())));
         assert_eq!(
             r("/v2/a/blobs/sha256:x"),
             Some(Route::Blob("a".into(), "sha256:x".into()))
         );
-        assert_eq!(
-            r("/v2/a/blobs/uploads/"),
-            Some(Route::Upload("a".into(), "".into()))
-        );
+        assert_eq!(r("/v2/a/blobs/uploads/"), Some(Route::Upload("a".into(), "".into())));
         assert_eq!(
             r("/v2/a/blobs/uploads/u1"),
             Some(Route::Upload("a".into(), "u1".into()))

@@ -16,21 +16,11 @@ struct Filter {
     artifact_type: Option<String>,
 }
 
-pub(super) async fn list(
-    state: &AppState,
-    name: &str,
-    digest: &str,
-    req: Request,
-) -> Result<Response, AppError> {
+pub(super) async fn list(state: &AppState, name: &str, digest: &str, req: Request) -> Result<Response, AppError> {
     let digest = parse_digest(digest)?;
-    let f: Filter = Query::try_from_uri(req.uri())
-        .map(|q| q.0)
-        .unwrap_or_default();
+    let f: Filter = Query::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let filter = f.artifact_type.filter(|a| !a.is_empty());
-    let manifests = state
-        .meta
-        .referrers(name, &digest, filter.as_deref())
-        .await?;
+    let manifests = state.meta.referrers(name, &digest, filter.as_deref()).await?;
     let body = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media::OCI_INDEX,
@@ -38,10 +28,8 @@ pub(super) async fn list(
     });
     let mut resp = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body.to_string()).into_response();
     if filter.is_some() {
-        resp.headers_mut().insert(
-            "oci-filters-applied",
-            header::HeaderValue::from_static("artifactType"),
-        );
+        resp.headers_mut()
+            .insert("oci-filters-applied", header::HeaderValue::from_static("artifactType"));
     }
     Ok(resp)
 }

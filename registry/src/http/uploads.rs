@@ -4,6 +4,8 @@
 
 use super::error::{range_value, AppError};
 use super::parse_digest;
+use crate::auth::Access;
+use crate::config::Action;
 use crate::AppState;
 use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -35,10 +37,7 @@ fn session_response(status: StatusCode, name: &str, id: &str, size: u64) -> Resp
             (header::LOCATION, session_location(name, id)),
             (header::RANGE, range_value(size)),
             (header::CONTENT_LENGTH, "0".to_owned()),
-            (
-                header::HeaderName::from_static("docker-upload-uuid"),
-                id.to_owned(),
-            ),
+            (header::HeaderName::from_static("docker-upload-uuid"), id.to_owned()),
         ],
     )
         .into_response()
@@ -124,18 +123,15 @@ fn chunk_check(h: &HeaderMap) -> Result<ChunkCheck, AppError> {
     })
 }
 
-pub(super) async fn start(
-    state: &AppState,
-    name: &str,
-    req: Request,
-) -> Result<Response, AppError> {
-    let q: StartQuery = Query::try_from_uri(req.uri())
-        .map(|q| q.0)
-        .unwrap_or_default();
+pub(super) async fn start(state: &AppState, access: &Access, name: &str, req: Request) -> Result<Response, AppError> {
+    let q: StartQuery = Query::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     if let (Some(mount), Some(from)) = (&q.mount, &q.from) {
         let digest = parse_digest(mount)?;
         validate_repository(from).map_err(AppError::name_invalid)?;
-        if state.meta.mount_blob(name, from, &digest).await?.is_some() {
+        // Mounting reads the source: without pull there, the client uploads like anyone else
+        // (and learns nothing about the source's content).
+        let may_read = access.can(&state.auth, from, Action::Pull);
+        if may_read && state.meta.mount_blob(name, from, &digest).await?.is_some() {
             tracing::info!(%digest, from, "mounted blob");
             return Ok(created(name, &digest));
         }
@@ -147,11 +143,7 @@ pub(super) async fn start(
         let check = chunk_check(req.headers())?;
         let upload = state.uploads.start(name).await?;
         let body = req.into_body().into_data_stream();
-        match state
-            .uploads
-            .finish(name, &upload.id, &digest, check, Some(body))
-            .await
-        {
+        match state.uploads.finish(name, &upload.id, &digest, check, Some(body)).await {
             Ok(size) => {
                 tracing::info!(%digest, size, "blob stored");
                 return Ok(created(name, &digest));
@@ -169,35 +161,18 @@ pub(super) async fn start(
 
 pub(super) async fn status(state: &AppState, name: &str, id: &str) -> Result<Response, AppError> {
     let u = state.uploads.status(name, id).await?;
-    Ok(session_response(
-        StatusCode::NO_CONTENT,
-        name,
-        &u.id,
-        u.size,
-    ))
+    Ok(session_response(StatusCode::NO_CONTENT, name, &u.id, u.size))
 }
 
-pub(super) async fn patch(
-    state: &AppState,
-    name: &str,
-    id: &str,
-    req: Request,
-) -> Result<Response, AppError> {
+pub(super) async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> Result<Response, AppError> {
     let check = chunk_check(req.headers())?;
     let body = req.into_body().into_data_stream();
     let u = state.uploads.append(name, id, check, body).await?;
     Ok(session_response(StatusCode::ACCEPTED, name, &u.id, u.size))
 }
 
-pub(super) async fn put(
-    state: &AppState,
-    name: &str,
-    id: &str,
-    req: Request,
-) -> Result<Response, AppError> {
-    let q: PutQuery = Query::try_from_uri(req.uri())
-        .map(|q| q.0)
-        .unwrap_or_default();
+pub(super) async fn put(state: &AppState, name: &str, id: &str, req: Request) -> Result<Response, AppError> {
+    let q: PutQuery = Query::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
     let digest = q.digest.as_deref().ok_or_else(|| {
         AppError::new(
             StatusCode::BAD_REQUEST,

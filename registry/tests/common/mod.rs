@@ -49,9 +49,7 @@ pub fn require_docker() -> bool {
 
 /// Runs `cmd`; panics with the command, status, stdout and stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "command failed: {cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -77,8 +75,7 @@ pub fn start(data: &Path) -> Server {
 
 /// Starts it on a given port (to restart on the same address).
 pub fn start_on(data: &Path, port: u16) -> Server {
-    Server::berth(Path::new(env!("CARGO_BIN_EXE_berth-registry")), data, port)
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    Server::berth(Path::new(env!("CARGO_BIN_EXE_berth-registry")), data, port).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Builds a busybox image as an OCI layout at `dir/oci` with tag `1` whose command prints
@@ -87,9 +84,7 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     let img = |tag: &str| format!("{}:{tag}", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &img("base")]));
     run(Command::new("umoci")
         .args(["unpack", "--image", &img("base")])

@@ -1,0 +1,557 @@
+//! Authentication and authorization for every `/v2` request, and the built-in token service.
+//!
+//! # Modes
+//! - `none`: everyone may do everything (a registry on loopback).
+//! - `basic`: `Authorization: Basic` on every request, checked against the accounts table
+//!   (bcrypt). Anonymous requests get what `anonymous` rules grant; otherwise 401 with a
+//!   `Basic` challenge. A signed-in principal lacking an action gets 403 `DENIED`.
+//! - `token`: requests carry `Authorization: Bearer <JWT>` issued by `/token` (or a trusted
+//!   issuer). A missing, invalid or too narrow token gets 401 with a `Bearer` challenge naming
+//!   the realm, service and the scope the request needs, so docker, podman and skopeo fetch
+//!   the right token and retry.
+//!
+//! # Cost
+//! bcrypt is deliberately slow, so it runs on the blocking pool, and a successful check is
+//! remembered for [`VERIFIED_TTL`] under SHA-256(name, stored hash, password): a pull of 50
+//! layers pays one bcrypt, a changed password or deleted account takes effect at once (the
+//! stored hash is part of the key and is read on every request), and no password is kept.
+//!
+//! # Failed logins
+//! Counted per account name and client address; after `max_failed_logins` the pair is locked
+//! out for `lockout_secs` (429 `TOOMANYREQUESTS` with `Retry-After`). Secrets never reach logs.
+
+pub mod rules;
+pub mod token;
+
+use crate::config::{Action, AuthConfig, AuthMode};
+use crate::http::error::AppError;
+use axum::http::{header, HeaderMap, StatusCode};
+use base64::Engine as _;
+use berth_storage::meta::Account;
+use berth_storage::Meta;
+use rules::{Actions, Policy, Principal, RobotScope};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use token::{ResourceActions, TokenKeys};
+
+/// How long a verified password is remembered.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// bcrypt cost for new passwords: about 50 ms here, and the cache above pays it once a minute.
+pub const BCRYPT_COST: u32 = 10;
+/// Bound on the in-memory tables (verified passwords, failed logins) before expired entries
+/// are swept.
+const TABLE_LIMIT: usize = 10_000;
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// Any valid credentials (`/v2/`, so that `docker login` can check them).
+    Login,
+    /// `registry:catalog:*`.
+    Catalog,
+    /// An action on a repository.
+    Repo(String, Action),
+}
+
+/// What an authorized request may do; handlers ask it for optional extras (such as pull on a
+/// cross-repository mount's source).
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// A principal evaluated against the policy (modes none and basic).
+    Principal(Principal),
+    /// The grants of a verified token.
+    Token(Vec<ResourceActions>),
+}
+
+fn token_allows(grants: &[ResourceActions], kind: &str, name: &str, action: &str) -> bool {
+    grants
+        .iter()
+        .any(|g| g.kind == kind && g.name == name && g.actions.iter().any(|a| a == action || a == "*"))
+}
+
+impl Access {
+    /// Whether this request may also do `action` on `repo`.
+    pub fn can(&self, auth: &Auth, repo: &str, action: Action) -> bool {
+        match self {
+            Access::Principal(p) => auth.policy.allowed(p, repo).has(action),
+            Access::Token(g) => token_allows(g, "repository", repo, action.as_str()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Failures {
+    count: u32,
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The authenticator: mode, policy, accounts, token keys, caches.
+pub struct Auth {
+    mode: AuthMode,
+    config: AuthConfig,
+    policy: Policy,
+    meta: Meta,
+    keys: Option<TokenKeys>,
+    tls: bool,
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
+}
+
+/// The answer of the token endpoint.
+#[derive(Debug, serde::Serialize)]
+pub struct TokenAnswer {
+    /// The JWT (docker's field name).
+    pub token: String,
+    /// The same JWT (OAuth2's field name).
+    pub access_token: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// When it was issued, RFC 3339.
+    pub issued_at: String,
+    /// A refresh token (docker's identity token), when asked for with credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scopes, space-separated (OAuth2).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// Parses `Authorization: Basic base64(user:password)`.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// A hash for accounts that do not exist, so that their failed logins cost as much as real
+/// ones and do not reveal which names exist.
+fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| bcrypt::hash("berth-dummy-password", BCRYPT_COST).unwrap_or_default())
+}
+
+/// Hashes a new password or robot secret (on the blocking pool).
+pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST)).await??)
+}
+
+impl Auth {
+    /// An authenticator in `mode`; in token mode the signing key lives under `data/token`.
+    pub fn new(mode: AuthMode, config: AuthConfig, meta: Meta, data: &Path, tls: bool) -> anyhow::Result<Auth> {
+        let keys = match mode {
+            AuthMode::Token => Some(TokenKeys::load_or_create(&data.join("token"), &config)?),
+            _ => None,
+        };
+        Ok(Auth {
+            mode,
+            policy: Policy::new(config.clone()),
+            config,
+            meta,
+            keys,
+            tls,
+            verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The token keys (token mode only).
+    pub fn keys(&self) -> Option<&TokenKeys> {
+        self.keys.as_ref()
+    }
+
+    fn locked(&self, key: &(String, Option<IpAddr>)) -> Option<u64> {
+        let map = self.failures.lock().ok()?;
+        let until = map.get(key)?.locked_until?;
+        let now = Instant::now();
+        (until > now).then(|| (until - now).as_secs().max(1))
+    }
+
+    fn record_failure(&self, key: (String, Option<IpAddr>)) {
+        let Ok(mut map) = self.failures.lock() else { return };
+        let now = Instant::now();
+        let window = Duration::from_secs(self.config.lockout_secs.max(1));
+        if map.len() > TABLE_LIMIT {
+            map.retain(|_, f| now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now));
+        }
+        let f = map.entry(key).or_insert(Failures {
+            count: 0,
+            since: now,
+            locked_until: None,
+        });
+        if now.duration_since(f.since) > window && f.locked_until.is_none_or(|u| u <= now) {
+            *f = Failures {
+                count: 0,
+                since: now,
+                locked_until: None,
+            };
+        }
+        f.count += 1;
+        if f.count >= self.config.max_failed_logins.max(1) {
+            f.locked_until = Some(now + window);
+        }
+    }
+
+    /// Checks a password against an account's stored hash, with the verified cache.
+    async fn password_ok(&self, account: &Account, password: &str) -> bool {
+        let mut h = Sha256::new();
+        for part in [
+            account.name.as_bytes(),
+            account.password_hash.as_bytes(),
+            password.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let now = Instant::now();
+        if let Ok(map) = self.verified.lock() {
+            if map.get(&key).is_some_and(|exp| *exp > now) {
+                return true;
+            }
+        }
+        let (pw, hash) = (password.to_owned(), account.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            if let Ok(mut map) = self.verified.lock() {
+                if map.len() > TABLE_LIMIT {
+                    map.retain(|_, exp| *exp > now);
+                }
+                map.insert(key, now + VERIFIED_TTL);
+            }
+        }
+        ok
+    }
+
+    fn principal_of(account: &Account) -> Principal {
+        if account.kind == "robot" {
+            let scopes: Vec<RobotScope> = account
+                .scopes
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            Principal::Robot {
+                name: account.name.clone(),
+                scopes,
+            }
+        } else {
+            Principal::User(account.name.clone())
+        }
+    }
+
+    fn unauthorized(&self, message: &str) -> AppError {
+        let e = AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
+        if self.mode == AuthMode::Basic {
+            e.header(
+                header::WWW_AUTHENTICATE,
+                format!("Basic realm=\"{}\"", self.config.realm),
+            )
+        } else {
+            e
+        }
+    }
+
+    /// Signs in with a name and password (basic auth, the token endpoint's credentials).
+    pub async fn login(&self, name: &str, password: &str, peer: Option<IpAddr>) -> Result<Principal, AppError> {
+        let key = (name.to_owned(), peer);
+        if let Some(retry) = self.locked(&key) {
+            return Err(AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                format!("too many failed logins for {name}: try again in {retry} s"),
+            )
+            .header(header::RETRY_AFTER, retry.to_string()));
+        }
+        let account = self.meta.account(name).await?;
+        let ok = match &account {
+            Some(a) => self.password_ok(a, password).await,
+            None => {
+                let pw = password.to_owned();
+                let _ = tokio::task::spawn_blocking(move || bcrypt::verify(pw, dummy_hash())).await;
+                false
+            }
+        };
+        match account {
+            Some(a) if ok => {
+                if let Ok(mut map) = self.failures.lock() {
+                    map.remove(&key);
+                }
+                Ok(Self::principal_of(&a))
+            }
+            _ => {
+                tracing::info!(account = name, peer = ?peer, "failed login");
+                self.record_failure(key);
+                Err(self.unauthorized("invalid username or password"))
+            }
+        }
+    }
+
+    fn satisfied(&self, p: &Principal, needs: &[Need]) -> bool {
+        needs.iter().all(|n| match n {
+            Need::Login => *p != Principal::Anonymous,
+            Need::Catalog => self.policy.catalog(p),
+            Need::Repo(r, a) => self.policy.allowed(p, r).has(*a),
+        })
+    }
+
+    /// The `scope` a request needs, as a token-spec scope string.
+    fn scope_of(needs: &[Need]) -> String {
+        let mut per_repo: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut out = Vec::new();
+        for n in needs {
+            match n {
+                Need::Login => {}
+                Need::Catalog => out.push("registry:catalog:*".to_owned()),
+                Need::Repo(r, a) => match per_repo.iter_mut().find(|(name, _)| name == r) {
+                    Some((_, acts)) => acts.push(a.as_str()),
+                    None => per_repo.push((r.clone(), vec![a.as_str()])),
+                },
+            }
+        }
+        out.extend(
+            per_repo
+                .into_iter()
+                .map(|(r, a)| format!("repository:{r}:{}", a.join(","))),
+        );
+        out.join(" ")
+    }
+
+    /// The token endpoint's absolute URL, advertised in challenges.
+    pub fn realm(&self, headers: &HeaderMap) -> String {
+        if let Some(r) = &self.config.token_realm {
+            return r.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            .unwrap_or("localhost");
+        format!("{}://{host}/token", if self.tls { "https" } else { "http" })
+    }
+
+    fn bearer_challenge(&self, headers: &HeaderMap, needs: &[Need], error: Option<&str>, message: &str) -> AppError {
+        let mut c = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm(headers),
+            self.config.service
+        );
+        let scope = Self::scope_of(needs);
+        if !scope.is_empty() {
+            c.push_str(&format!(",scope=\"{scope}\""));
+        }
+        if let Some(e) = error {
+            c.push_str(&format!(",error=\"{e}\""));
+        }
+        AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+            .detail(serde_json::json!(needs
+                .iter()
+                .filter_map(|n| match n {
+                    Need::Repo(r, a) =>
+                        Some(serde_json::json!({"Type": "repository", "Name": r, "Action": a.as_str()})),
+                    Need::Catalog => Some(serde_json::json!({"Type": "registry", "Name": "catalog", "Action": "*"})),
+                    Need::Login => None,
+                })
+                .collect::<Vec<_>>()))
+            .header(header::WWW_AUTHENTICATE, c)
+    }
+
+    /// Decides whether a request with `headers` from `peer` may do everything in `needs`.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        needs: &[Need],
+    ) -> Result<Access, AppError> {
+        match self.mode {
+            AuthMode::None => Ok(Access::Principal(Principal::Open)),
+            AuthMode::Basic => {
+                let p = match basic_credentials(headers) {
+                    Some((u, pw)) => self.login(&u, &pw, peer).await?,
+                    None => Principal::Anonymous,
+                };
+                if self.satisfied(&p, needs) {
+                    Ok(Access::Principal(p))
+                } else if p == Principal::Anonymous {
+                    Err(self.unauthorized("authentication required"))
+                } else {
+                    Err(AppError::new(
+                        StatusCode::FORBIDDEN,
+                        "DENIED",
+                        format!("{} may not {}", p.name(), Self::scope_of(needs)),
+                    ))
+                }
+            }
+            AuthMode::Token => {
+                let Some(keys) = &self.keys else {
+                    return Err(AppError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "UNKNOWN",
+                        "token keys missing",
+                    ));
+                };
+                let Some(t) = bearer(headers) else {
+                    return Err(self.bearer_challenge(headers, needs, None, "authentication required"));
+                };
+                let claims = match keys.verify(t) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::info!(error = %e, "token refused");
+                        return Err(self.bearer_challenge(
+                            headers,
+                            needs,
+                            Some("invalid_token"),
+                            "invalid or expired token",
+                        ));
+                    }
+                };
+                let ok = needs.iter().all(|n| match n {
+                    Need::Login => true,
+                    Need::Catalog => token_allows(&claims.access, "registry", "catalog", "*"),
+                    Need::Repo(r, a) => token_allows(&claims.access, "repository", r, a.as_str()),
+                });
+                if ok {
+                    Ok(Access::Token(claims.access))
+                } else {
+                    Err(self.bearer_challenge(
+                        headers,
+                        needs,
+                        Some("insufficient_scope"),
+                        "the token does not grant the access this request needs",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Grants for `scopes` to `p`: requested ∩ allowed; a partial grant is not an error.
+    pub fn grant(&self, p: &Principal, scopes: &[String]) -> Vec<ResourceActions> {
+        let mut out: Vec<ResourceActions> = Vec::new();
+        for s in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+            let Some((kind, name, actions)) = token::parse_scope(s) else {
+                continue;
+            };
+            let granted: Vec<String> = match kind.as_str() {
+                "repository" if berth_oci::validate_repository(&name).is_ok() => {
+                    let allowed = self.policy.allowed(p, &name);
+                    let requested = if actions.iter().any(|a| a == "*") {
+                        Actions::ALL
+                    } else {
+                        Actions::of(&actions.iter().filter_map(|a| Action::parse(a)).collect::<Vec<_>>())
+                    };
+                    requested
+                        .intersect(allowed)
+                        .list()
+                        .iter()
+                        .map(|a| a.as_str().to_owned())
+                        .collect()
+                }
+                "registry" if name == "catalog" && self.policy.catalog(p) => vec!["*".to_owned()],
+                _ => Vec::new(),
+            };
+            if granted.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|g| g.kind == kind && g.name == name) {
+                Some(g) => {
+                    for a in granted {
+                        if !g.actions.contains(&a) {
+                            g.actions.push(a);
+                        }
+                    }
+                }
+                None => out.push(ResourceActions {
+                    kind,
+                    name,
+                    actions: granted,
+                }),
+            }
+        }
+        out
+    }
+
+    /// Issues a token for `p` covering `scopes`.
+    pub fn answer(&self, p: &Principal, scopes: &[String], refresh: bool) -> Result<TokenAnswer, AppError> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "this registry does not run in token auth mode",
+            )
+        })?;
+        let internal = |e: anyhow::Error| {
+            tracing::error!(error = %e, "cannot sign a token");
+            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "cannot sign a token")
+        };
+        let grants = self.grant(p, scopes);
+        let scope = grants
+            .iter()
+            .map(|g| format!("{}:{}:{}", g.kind, g.name, g.actions.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let ttl = self.config.token_ttl_secs;
+        let jwt = keys.issue(p.name(), grants, ttl).map_err(internal)?;
+        let refresh_token = match p {
+            Principal::User(n) | Principal::Robot { name: n, .. } if refresh => {
+                Some(keys.issue_refresh(n, self.config.refresh_ttl_secs).map_err(internal)?)
+            }
+            _ => None,
+        };
+        Ok(TokenAnswer {
+            token: jwt.clone(),
+            access_token: jwt,
+            expires_in: ttl,
+            issued_at: token::rfc3339(token::now()),
+            refresh_token,
+            scope,
+        })
+    }
+
+    /// The principal behind a refresh token, if its account still exists.
+    pub async fn refresh_principal(&self, refresh_token: &str) -> Result<Principal, AppError> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "this registry does not run in token auth mode",
+            )
+        })?;
+        let sub = keys.verify_refresh(refresh_token).map_err(|_| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "invalid or expired refresh token",
+            )
+        })?;
+        match self.meta.account(&sub).await? {
+            Some(a) => Ok(Self::principal_of(&a)),
+            None => Err(AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "the account no longer exists",
+            )),
+        }
+    }
+}
