@@ -5,7 +5,7 @@
 //! spread (min–max). The ratio is peer time / Berth time: above 1 means Berth is faster.
 //! Results also go to `--json FILE`. A benchmark, not a test: it asserts no timing.
 //!
-//! Workloads so far:
+//! Workloads so far (`--only NAME`):
 //! - `blob-put`: one monolithic upload (POST, then a single streamed PUT `?digest=`) of
 //!   1 GiB (`--smoke`: 1 MiB), new content each run so neither side can skip the write; the
 //!   server's peak RSS over the upload is reported beside the time. Before each timed upload
@@ -13,6 +13,10 @@
 //!   pays neither for the previous run's writeback nor for reclaiming its cached pages (which,
 //!   measured on the 2-core CI machine, can double a 1 GiB write). `--keep-caches` measures
 //!   with a warm, full page cache instead.
+//! - `manifest-get`: GET of a small image manifest by tag, from 1, 16 and 64 concurrent
+//!   keep-alive connections for a fixed time (`--smoke`: 1 and 4, briefly): requests per second
+//!   and p50/p99 latency. The load generator shares the machine's 2 cores with the server, as
+//!   it does for the peer.
 
 use anyhow::{bail, Context as _, Result};
 use berth_conformance::servers::{free_port, sibling_bin, Server};
@@ -30,7 +34,7 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-put.
+    /// Run only these workloads (repeatable): blob-put, manifest-get.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -208,15 +212,182 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
     Ok(vec![time, rss])
 }
 
+/// Pushes a small image (config, one layer, manifest tagged `v1`) and returns the manifest URL.
+async fn push_small_image(client: &reqwest::Client, server: &Server, repo: &str) -> Result<String> {
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let layer = generate(4096, 7);
+    let mut descriptors = Vec::new();
+    for (bytes, media_type) in [
+        (config, "application/vnd.oci.image.config.v1+json"),
+        (layer, "application/vnd.oci.image.layer.v1.tar"),
+    ] {
+        let digest = berth_oci::Digest::of(&bytes).to_string();
+        let r = client
+            .post(format!("{}/v2/{repo}/blobs/uploads/", server.url()))
+            .send()
+            .await?;
+        let loc = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .context("POST answered no Location")?;
+        let loc = absolute(&server.url(), loc);
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let size = bytes.len();
+        let r = client
+            .put(format!("{loc}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        if r.status() != reqwest::StatusCode::CREATED {
+            bail!("{:?}: blob PUT answered {}", server.kind, r.status());
+        }
+        descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": berth_oci::media::OCI_MANIFEST,
+        "config": descriptors[0],
+        "layers": [descriptors[1]],
+    });
+    let url = format!("{}/v2/{repo}/manifests/v1", server.url());
+    let r = client
+        .put(&url)
+        .header("content-type", berth_oci::media::OCI_MANIFEST)
+        .body(manifest.to_string())
+        .send()
+        .await?;
+    if r.status() != reqwest::StatusCode::CREATED {
+        bail!("{:?}: manifest PUT answered {}", server.kind, r.status());
+    }
+    Ok(url)
+}
+
+/// Result of a closed-loop load run.
+struct Load {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `concurrency` loops, each sending GET `url` and reading the whole answer, for `duration`.
+async fn load(url: &str, concurrency: usize, duration: Duration, headers: reqwest::header::HeaderMap) -> Result<Load> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, headers) = (client.clone(), url.to_owned(), headers.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let r = client.get(&url).headers(headers.clone()).send().await?;
+                let status = r.status();
+                let _ = r.bytes().await?;
+                if status != reqwest::StatusCode::OK {
+                    bail!("GET {url} answered {status}");
+                }
+                lat.push(t0.elapsed().as_micros() as u64);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(f64::NAN, |us| *us as f64 / 1000.0)
+    };
+    Ok(Load {
+        per_sec: all.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
+}
+
+fn accept_manifests() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static(
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        ),
+    );
+    h
+}
+
+async fn manifest_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
+    let client = reqwest::Client::new();
+    let urls = [
+        push_small_image(&client, berth, "bench/small").await?,
+        push_small_image(&client, peer, "bench/small").await?,
+    ];
+    let (levels, duration): (&[usize], Duration) = if cli.smoke {
+        (&[1, 4], Duration::from_millis(300))
+    } else {
+        (&[1, 16, 64], Duration::from_secs(3))
+    };
+    let mut figs = Vec::new();
+    for &c in levels {
+        let mut rate = Figure {
+            name: format!("manifest GET c={c} (req/s)"),
+            unit: "req/s",
+            lower_is_better: false,
+            berth: vec![],
+            peer: vec![],
+        };
+        let mut p50 = Figure {
+            name: format!("manifest GET c={c} p50 (ms)"),
+            unit: "ms",
+            lower_is_better: true,
+            berth: vec![],
+            peer: vec![],
+        };
+        let mut p99 = Figure {
+            name: format!("manifest GET c={c} p99 (ms)"),
+            unit: "ms",
+            lower_is_better: true,
+            berth: vec![],
+            peer: vec![],
+        };
+        for run in 0..cli.runs {
+            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let l = load(&urls[i], c, duration, accept_manifests()).await?;
+                let (r, a, b) = if i == 0 {
+                    (&mut rate.berth, &mut p50.berth, &mut p99.berth)
+                } else {
+                    (&mut rate.peer, &mut p50.peer, &mut p99.peer)
+                };
+                r.push(l.per_sec);
+                a.push(l.p50_ms);
+                b.push(l.p99_ms);
+            }
+        }
+        figs.extend([rate, p50, p99]);
+    }
+    Ok(figs)
+}
+
 fn print_table(figs: &[Figure]) {
     println!(
         "{:<40} {:>22} {:>22} {:>8}",
         "figure", "berth (median, min–max)", "peer (median, min–max)", "ratio"
     );
     for f in figs {
+        let digits = if f.unit == "req/s" { 0 } else { 3 };
         let cell = |v: &[f64]| {
             let (lo, hi) = spread(v);
-            format!("{:.3} ({:.3}–{:.3})", median(v), lo, hi)
+            format!("{:.d$} ({:.d$}–{:.d$})", median(v), lo, hi, d = digits)
         };
         println!(
             "{:<40} {:>22} {:>22} {:>7.2}x",
@@ -226,7 +397,7 @@ fn print_table(figs: &[Figure]) {
             f.ratio()
         );
     }
-    println!("ratio: peer / berth for times and sizes (above 1: Berth better)");
+    println!("ratio: peer/berth for times and sizes, berth/peer for rates (above 1: Berth better)");
 }
 
 fn to_json(figs: &[Figure], cli: &Cli) -> serde_json::Value {
@@ -258,7 +429,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    const WORKLOADS: [&str; 1] = ["blob-put"];
+    const WORKLOADS: [&str; 2] = ["blob-put", "manifest-get"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
@@ -275,11 +446,16 @@ async fn run(cli: Cli) -> Result<()> {
     if want("blob-put") {
         figs.extend(blob_put(&cli, &berth, &peer).await?);
     }
-    let dropped = settle(cli.keep_caches)?;
-    println!(
-        "page cache {} before each timed upload",
-        if dropped { "dropped" } else { "kept (warm)" }
-    );
+    if want("manifest-get") {
+        figs.extend(manifest_get(&cli, &berth, &peer).await?);
+    }
+    if want("blob-put") {
+        let dropped = settle(cli.keep_caches)?;
+        println!(
+            "blob-put: page cache {} before each timed upload",
+            if dropped { "dropped" } else { "kept (warm)" }
+        );
+    }
     print_table(&figs);
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&to_json(&figs, &cli))?)
