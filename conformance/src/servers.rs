@@ -66,12 +66,18 @@ fn log_file(data: &Path, port: u16) -> Result<(PathBuf, std::fs::File)> {
 impl Server {
     /// Starts `berth-registry` (binary `bin`) over `data` on `port`.
     pub fn berth(bin: &Path, data: &Path, port: u16) -> Result<Server> {
+        Self::berth_with(bin, data, port, &[])
+    }
+
+    /// Starts `berth-registry serve` with `extra` arguments (e.g. `--auth token`).
+    pub fn berth_with(bin: &Path, data: &Path, port: u16, extra: &[&str]) -> Result<Server> {
         std::fs::create_dir_all(data)?;
         let addr = format!("127.0.0.1:{port}");
         let (log, f) = log_file(data, port)?;
         let child = Command::new(bin)
             .args(["serve", "--listen", &addr, "--data"])
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "info,sqlx=warn")
             .env("NO_COLOR", "1")
             .stdout(f.try_clone()?)
