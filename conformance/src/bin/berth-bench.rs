@@ -17,6 +17,9 @@
 //!   keep-alive connections for a fixed time (`--smoke`: 1 and 4, briefly): requests per second
 //!   and p50/p99 latency. The load generator shares the machine's 2 cores with the server, as
 //!   it does for the peer.
+//! - `auth-cost`: the same manifest GET at c=16 against Berth with `--auth none`, `basic` and
+//!   `token` (a signed-in user; the token fetched once, as clients do), Berth only: what
+//!   authentication costs per request.
 
 use anyhow::{bail, Context as _, Result};
 use berth_conformance::servers::{free_port, sibling_bin, Server};
@@ -34,7 +37,7 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-put, manifest-get.
+    /// Run only these workloads (repeatable): blob-put, manifest-get, auth-cost.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -213,7 +216,12 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
 }
 
 /// Pushes a small image (config, one layer, manifest tagged `v1`) and returns the manifest URL.
-async fn push_small_image(client: &reqwest::Client, server: &Server, repo: &str) -> Result<String> {
+async fn push_small_image(
+    client: &reqwest::Client,
+    server: &Server,
+    repo: &str,
+    auth: &reqwest::header::HeaderMap,
+) -> Result<String> {
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
     let layer = generate(4096, 7);
     let mut descriptors = Vec::new();
@@ -224,8 +232,12 @@ async fn push_small_image(client: &reqwest::Client, server: &Server, repo: &str)
         let digest = berth_oci::Digest::of(&bytes).to_string();
         let r = client
             .post(format!("{}/v2/{repo}/blobs/uploads/", server.url()))
+            .headers(auth.clone())
             .send()
             .await?;
+        if r.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("{:?}: POST answered {}", server.kind, r.status());
+        }
         let loc = r
             .headers()
             .get("location")
@@ -236,6 +248,7 @@ async fn push_small_image(client: &reqwest::Client, server: &Server, repo: &str)
         let size = bytes.len();
         let r = client
             .put(format!("{loc}{sep}digest={digest}"))
+            .headers(auth.clone())
             .header("content-type", "application/octet-stream")
             .body(bytes)
             .send()
@@ -254,6 +267,7 @@ async fn push_small_image(client: &reqwest::Client, server: &Server, repo: &str)
     let url = format!("{}/v2/{repo}/manifests/v1", server.url());
     let r = client
         .put(&url)
+        .headers(auth.clone())
         .header("content-type", berth_oci::media::OCI_MANIFEST)
         .body(manifest.to_string())
         .send()
@@ -328,8 +342,8 @@ fn accept_manifests() -> reqwest::header::HeaderMap {
 async fn manifest_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
     let client = reqwest::Client::new();
     let urls = [
-        push_small_image(&client, berth, "bench/small").await?,
-        push_small_image(&client, peer, "bench/small").await?,
+        push_small_image(&client, berth, "bench/small", &Default::default()).await?,
+        push_small_image(&client, peer, "bench/small", &Default::default()).await?,
     ];
     let (levels, duration): (&[usize], Duration) = if cli.smoke {
         (&[1, 4], Duration::from_millis(300))
@@ -376,6 +390,93 @@ async fn manifest_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Fi
         figs.extend([rate, p50, p99]);
     }
     Ok(figs)
+}
+
+/// Starts Berth in `mode` with a user `bench` (password `bench-password`) and returns it with
+/// the `Authorization` header a client would send after signing in.
+async fn berth_with_auth(dir: &std::path::Path, mode: &str) -> Result<(Server, reqwest::header::HeaderMap)> {
+    use base64::Engine as _;
+    let bin = sibling_bin("berth-registry")?;
+    let data = dir.join(format!("berth-{mode}"));
+    let mut child = std::process::Command::new(&bin)
+        .args(["user", "add", "bench", "--password-stdin", "--data"])
+        .arg(&data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin.write_all(b"bench-password\n")?;
+    }
+    anyhow::ensure!(child.wait()?.success(), "berth-registry user add failed");
+    let server = Server::berth_with(&bin, &data, free_port()?, &["--auth", mode])?;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bench:bench-password")
+    );
+    let value = if mode == "token" {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/token?service=berth&scope=repository:bench/small:pull,push",
+                server.url()
+            ))
+            .header("authorization", &basic)
+            .send()
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+        format!(
+            "Bearer {}",
+            v["token"].as_str().context("no token in the /token answer")?
+        )
+    } else {
+        basic
+    };
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, value.parse()?);
+    Ok((server, h))
+}
+
+async fn auth_cost(cli: &Cli, dir: &std::path::Path, open: &Server) -> Result<()> {
+    let (c, duration) = if cli.smoke {
+        (4, Duration::from_millis(300))
+    } else {
+        (16, Duration::from_secs(3))
+    };
+    let client = reqwest::Client::new();
+    let none_url = push_small_image(&client, open, "bench/small", &Default::default()).await?;
+    let (basic, basic_h) = berth_with_auth(dir, "basic").await?;
+    let (token, token_h) = berth_with_auth(dir, "token").await?;
+    let basic_url = push_small_image(&client, &basic, "bench/small", &basic_h).await?;
+    let token_url = push_small_image(&client, &token, "bench/small", &token_h).await?;
+    let cases = [
+        ("none", none_url, reqwest::header::HeaderMap::new()),
+        ("basic", basic_url, basic_h),
+        ("token", token_url, token_h),
+    ];
+    let mut results: Vec<(&str, Vec<Load>)> = cases.iter().map(|(m, _, _)| (*m, Vec::new())).collect();
+    for _ in 0..cli.runs {
+        for (i, (_, url, h)) in cases.iter().enumerate() {
+            let mut headers = accept_manifests();
+            headers.extend(h.clone());
+            results[i].1.push(load(url, c, duration, headers).await?);
+        }
+    }
+    println!(
+        "\nauth cost: manifest GET at c={c}, Berth only (median of {} runs)",
+        cli.runs
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>12}",
+        "auth", "req/s", "p50 (ms)", "p99 (ms)", "vs none"
+    );
+    let base = median(&results[0].1.iter().map(|l| l.per_sec).collect::<Vec<_>>());
+    for (mode, loads) in &results {
+        let rate = median(&loads.iter().map(|l| l.per_sec).collect::<Vec<_>>());
+        let p50 = median(&loads.iter().map(|l| l.p50_ms).collect::<Vec<_>>());
+        let p99 = median(&loads.iter().map(|l| l.p99_ms).collect::<Vec<_>>());
+        println!("{mode:<8} {rate:>10.0} {p50:>10.3} {p99:>10.3} {:>11.2}x", rate / base);
+    }
+    Ok(())
 }
 
 fn print_table(figs: &[Figure]) {
@@ -429,7 +530,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    const WORKLOADS: [&str; 2] = ["blob-put", "manifest-get"];
+    const WORKLOADS: [&str; 3] = ["blob-put", "manifest-get", "auth-cost"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
@@ -456,7 +557,12 @@ async fn run(cli: Cli) -> Result<()> {
             if dropped { "dropped" } else { "kept (warm)" }
         );
     }
-    print_table(&figs);
+    if !figs.is_empty() {
+        print_table(&figs);
+    }
+    if want("auth-cost") {
+        auth_cost(&cli, dir.path(), &berth).await?;
+    }
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&to_json(&figs, &cli))?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -100,6 +100,9 @@ pub struct Auth {
     tls: bool,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
+    /// Tokens already verified, by SHA-256 of the token, with their grants and expiry: a
+    /// token is immutable, so its ECDSA check need not be repeated on every layer of a pull.
+    tokens: Mutex<HashMap<[u8; 32], (Vec<ResourceActions>, u64)>>,
 }
 
 /// The answer of the token endpoint.
@@ -168,6 +171,7 @@ impl Auth {
             tls,
             verified: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -415,8 +419,8 @@ impl Auth {
                 let Some(t) = bearer(headers) else {
                     return Err(self.bearer_challenge(headers, needs, None, "authentication required"));
                 };
-                let claims = match keys.verify(t) {
-                    Ok(c) => c,
+                let access = match self.verify_cached(keys, t) {
+                    Ok(a) => a,
                     Err(e) => {
                         tracing::info!(error = %e, "token refused");
                         return Err(self.bearer_challenge(
@@ -429,11 +433,11 @@ impl Auth {
                 };
                 let ok = needs.iter().all(|n| match n {
                     Need::Login => true,
-                    Need::Catalog => token_allows(&claims.access, "registry", "catalog", "*"),
-                    Need::Repo(r, a) => token_allows(&claims.access, "repository", r, a.as_str()),
+                    Need::Catalog => token_allows(&access, "registry", "catalog", "*"),
+                    Need::Repo(r, a) => token_allows(&access, "repository", r, a.as_str()),
                 });
                 if ok {
-                    Ok(Access::Token(claims.access))
+                    Ok(Access::Token(access))
                 } else {
                     Err(self.bearer_challenge(
                         headers,
@@ -444,6 +448,27 @@ impl Auth {
                 }
             }
         }
+    }
+
+    /// Verifies a bearer token, remembering good ones until they expire.
+    fn verify_cached(&self, keys: &TokenKeys, t: &str) -> anyhow::Result<Vec<ResourceActions>> {
+        let key: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        let now = token::now();
+        if let Ok(map) = self.tokens.lock() {
+            if let Some((access, exp)) = map.get(&key) {
+                if *exp > now {
+                    return Ok(access.clone());
+                }
+            }
+        }
+        let claims = keys.verify(t)?;
+        if let Ok(mut map) = self.tokens.lock() {
+            if map.len() > TABLE_LIMIT {
+                map.retain(|_, (_, exp)| *exp > now);
+            }
+            map.insert(key, (claims.access.clone(), claims.exp));
+        }
+        Ok(claims.access)
     }
 
     /// Grants for `scopes` to `p`: requested ∩ allowed; a partial grant is not an error.
