@@ -83,6 +83,9 @@ impl Access {
     }
 }
 
+/// A verified token's grants and expiry (Unix seconds).
+type VerifiedToken = (Vec<ResourceActions>, u64);
+
 #[derive(Debug)]
 struct Failures {
     count: u32,
@@ -102,7 +105,7 @@ pub struct Auth {
     failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
     /// Tokens already verified, by SHA-256 of the token, with their grants and expiry: a
     /// token is immutable, so its ECDSA check need not be repeated on every layer of a pull.
-    tokens: Mutex<HashMap<[u8; 32], (Vec<ResourceActions>, u64)>>,
+    tokens: Mutex<HashMap<[u8; 32], VerifiedToken>>,
 }
 
 /// The answer of the token endpoint.
