@@ -13,6 +13,8 @@
 //!   pays neither for the previous run's writeback nor for reclaiming its cached pages (which,
 //!   measured on the 2-core CI machine, can double a 1 GiB write). `--keep-caches` measures
 //!   with a warm, full page cache instead.
+//! - `blob-get`: GET of a 1 GiB blob (`--smoke`: 1 MiB) from page cache (one untimed GET
+//!   warms it), read to the end and discarded: seconds and GB/s.
 //! - `manifest-get`: GET of a small image manifest by tag, from 1, 16 and 64 concurrent
 //!   keep-alive connections for a fixed time (`--smoke`: 1 and 4, briefly): requests per second
 //!   and p50/p99 latency. The load generator shares the machine's 2 cores with the server, as
@@ -37,7 +39,7 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-put, manifest-get, auth-cost.
+    /// Run only these workloads (repeatable): blob-put, blob-get, manifest-get, auth-cost.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -123,7 +125,7 @@ async fn put_once(
     head: Bytes,
     body: &Bytes,
     keep_caches: bool,
-) -> Result<(f64, Option<u64>)> {
+) -> Result<(f64, Option<u64>, String)> {
     let mut h = Sha256::new();
     h.update(&head);
     h.update(body);
@@ -172,7 +174,11 @@ async fn put_once(
             r.text().await.unwrap_or_default()
         );
     }
-    Ok((secs, server.peak_rss_kib()))
+    Ok((
+        secs,
+        server.peak_rss_kib(),
+        format!("{}/v2/{repo}/blobs/{digest}", server.url()),
+    ))
 }
 
 async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
@@ -201,7 +207,7 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         let order: [&Server; 2] = if run % 2 == 0 { [berth, peer] } else { [peer, berth] };
         for (i, server) in order.into_iter().enumerate() {
             let head = Bytes::from(format!("run {run} server {i} {:?}\n", Instant::now()));
-            let (secs, peak) = put_once(&client, server, head, &body, cli.keep_caches).await?;
+            let (secs, peak, _) = put_once(&client, server, head, &body, cli.keep_caches).await?;
             let peak = peak.map_or(f64::NAN, |k| k as f64 / 1024.0);
             let (t, r) = if std::ptr::eq(server, berth) {
                 (&mut time.berth, &mut rss.berth)
@@ -213,6 +219,67 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         }
     }
     Ok(vec![time, rss])
+}
+
+/// Reads `url` to the end; returns seconds.
+async fn get_once(client: &reqwest::Client, url: &str) -> Result<(f64, u64)> {
+    use futures::StreamExt as _;
+    let started = Instant::now();
+    let r = client.get(url).send().await?;
+    if r.status() != reqwest::StatusCode::OK {
+        bail!("GET {url} answered {}", r.status());
+    }
+    let mut s = r.bytes_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = s.next().await {
+        n += chunk?.len() as u64;
+    }
+    Ok((started.elapsed().as_secs_f64(), n))
+}
+
+async fn blob_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
+    let size = if cli.smoke { 1 << 20 } else { 1 << 30 };
+    let label = if cli.smoke { "1 MiB" } else { "1 GiB" };
+    let body = Bytes::from(generate(size, 43));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut urls = Vec::new();
+    for server in [berth, peer] {
+        let head = Bytes::from(format!("blob-get {:?}\n", server.kind));
+        let (_, _, url) = put_once(&client, server, head, &body, true).await?;
+        get_once(&client, &url).await?; // warm the page cache
+        urls.push(url);
+    }
+    let mut time = Figure {
+        name: format!("blob GET {label} (s)"),
+        unit: "s",
+        lower_is_better: true,
+        berth: vec![],
+        peer: vec![],
+    };
+    let mut rate = Figure {
+        name: format!("blob GET {label} (GB/s)"),
+        unit: "GB/s",
+        lower_is_better: false,
+        berth: vec![],
+        peer: vec![],
+    };
+    for run in 0..cli.runs {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (secs, n) = get_once(&client, &urls[i]).await?;
+            anyhow::ensure!(n as usize >= size, "short read: {n} bytes");
+            let (t, r) = if i == 0 {
+                (&mut time.berth, &mut rate.berth)
+            } else {
+                (&mut time.peer, &mut rate.peer)
+            };
+            t.push(secs);
+            r.push(n as f64 / secs / 1e9);
+        }
+    }
+    Ok(vec![time, rate])
 }
 
 /// Pushes a small image (config, one layer, manifest tagged `v1`) and returns the manifest URL.
@@ -530,7 +597,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    const WORKLOADS: [&str; 3] = ["blob-put", "manifest-get", "auth-cost"];
+    const WORKLOADS: [&str; 4] = ["blob-put", "blob-get", "manifest-get", "auth-cost"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
@@ -546,6 +613,9 @@ async fn run(cli: Cli) -> Result<()> {
     let mut figs = Vec::new();
     if want("blob-put") {
         figs.extend(blob_put(&cli, &berth, &peer).await?);
+    }
+    if want("blob-get") {
+        figs.extend(blob_get(&cli, &berth, &peer).await?);
     }
     if want("manifest-get") {
         figs.extend(manifest_get(&cli, &berth, &peer).await?);
