@@ -23,8 +23,9 @@ const PART_CHUNK: usize = 8 * 1024 * 1024;
 /// Parts in flight to the backend per stream: bounds memory per upload to ~PART_CHUNK × this.
 const PART_CONCURRENCY: usize = 2;
 /// Read size when serving a blob from a local file: 8 KiB reads (object_store's default) cost
-/// a thread hop each; 1 MiB keeps a GiB-sized GET at page-cache speed.
-const READ_CHUNK: usize = 1024 * 1024;
+/// a thread hop each; 256 KiB reaches page-cache speed (measured ~2 GB/s, `berth-bench --only
+/// blob-get`) while a download holds at most ~1 MiB in its queue.
+const READ_CHUNK: usize = 256 * 1024;
 /// Bytes handed to the hashing thread at a time: large enough that queueing costs nothing
 /// next to hashing, small enough to keep memory per upload flat.
 const HASH_BATCH: usize = 1024 * 1024;
