@@ -399,6 +399,18 @@ fn auth_key(url: &Url) -> String {
     let Some(rest) = url.path().strip_prefix("/v2/") else {
         return String::new();
     };
+    // A cross-repository mount needs a token that also covers pull on the source: its own
+    // cache entry makes the first attempt draw the registry's challenge, whose scope names
+    // both repositories (as docker asks for both).
+    if let Some(from) = url
+        .query_pairs()
+        .find(|(k, _)| k == "from")
+        .map(|(_, v)| v.into_owned())
+    {
+        if let Some(i) = rest.find("/blobs/uploads/") {
+            return format!("{} mount-from {from}", &rest[..i]);
+        }
+    }
     for marker in ["/blobs/", "/manifests/", "/tags/", "/referrers/"] {
         if let Some(i) = rest.find(marker) {
             return rest[..i].to_owned();

@@ -24,11 +24,13 @@ pub struct Server {
     child: Option<Child>,
     /// What runs.
     pub kind: Kind,
-    /// `127.0.0.1:PORT`.
+    /// `HOST:PORT`, `127.0.0.1:PORT` unless started with [`Server::berth_on`].
     pub addr: String,
     /// Its data directory.
     pub data: PathBuf,
     log: PathBuf,
+    /// Whether it serves HTTPS (started with `--tls …` or `--tls-cert …`).
+    tls: bool,
 }
 
 /// A free loopback port (bound and released; the server binds it right after).
@@ -71,8 +73,20 @@ impl Server {
 
     /// Starts `berth-registry serve` with `extra` arguments (e.g. `--auth token`).
     pub fn berth_with(bin: &Path, data: &Path, port: u16, extra: &[&str]) -> Result<Server> {
+        Self::berth_on(bin, data, "127.0.0.1", port, extra)
+    }
+
+    /// Starts `berth-registry serve` on `host:port` (`host` an IPv4 address) with `extra`
+    /// arguments. A `--tls` or `--tls-cert` among them makes [`Self::url`] `https://`: some
+    /// clients (dockerd) verify certificates only beyond loopback, so TLS tests may need a
+    /// non-loopback address.
+    pub fn berth_on(bin: &Path, data: &Path, host: &str, port: u16, extra: &[&str]) -> Result<Server> {
         std::fs::create_dir_all(data)?;
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{host}:{port}");
+        let tls = extra.iter().any(|a| {
+            let flag = a.split('=').next().unwrap_or(a);
+            flag == "--tls" || flag == "--tls-cert"
+        });
         let (log, f) = log_file(data, port)?;
         let child = Command::new(bin)
             .args(["serve", "--listen", &addr, "--data"])
@@ -84,7 +98,7 @@ impl Server {
             .stderr(f)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        Self::ready(child, Kind::Berth, addr, data, log)
+        Self::ready(child, Kind::Berth, addr, data, log, tls)
     }
 
     /// Starts the reference registry with storage under `data` on `port`, deletes enabled, no
@@ -110,16 +124,17 @@ impl Server {
             .stderr(f)
             .spawn()
             .context("starting docker-registry (Debian package docker-registry)")?;
-        Self::ready(child, Kind::Reference, addr, data, log)
+        Self::ready(child, Kind::Reference, addr, data, log, false)
     }
 
-    fn ready(child: Child, kind: Kind, addr: String, data: &Path, log: PathBuf) -> Result<Server> {
+    fn ready(child: Child, kind: Kind, addr: String, data: &Path, log: PathBuf, tls: bool) -> Result<Server> {
         let mut s = Server {
             child: Some(child),
             kind,
             addr,
             data: data.to_owned(),
             log,
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -134,9 +149,9 @@ impl Server {
         bail!("{:?} did not listen on {} within 20 s\n{}", s.kind, s.addr, s.log())
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://HOST:PORT` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// The port.

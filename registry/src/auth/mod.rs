@@ -55,6 +55,9 @@ pub enum Need {
     Catalog,
     /// An action on a repository.
     Repo(String, Action),
+    /// Not required, but named in a token challenge's scope so that the client's token covers
+    /// it: pull on a cross-repository mount's source (as docker and distribution do).
+    Hint(String, Action),
 }
 
 /// What an authorized request may do; handlers ask it for optional extras (such as pull on a
@@ -137,6 +140,11 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
+    // skopeo (and sometimes docker) answer a challenge with empty credentials when they have
+    // none: that is an anonymous request, not a failed login for an account named "".
+    if u.is_empty() && p.is_empty() {
+        return None;
+    }
     Some((u.to_owned(), p.to_owned()))
 }
 
@@ -270,15 +278,12 @@ impl Auth {
     }
 
     fn unauthorized(&self, message: &str) -> AppError {
-        let e = AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
-        if self.mode == AuthMode::Basic {
-            e.header(
-                header::WWW_AUTHENTICATE,
-                format!("Basic realm=\"{}\"", self.config.realm),
-            )
-        } else {
-            e
-        }
+        // Basic mode asks for Basic credentials on every endpoint; token mode only at /token,
+        // the one place that takes a password.
+        AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).header(
+            header::WWW_AUTHENTICATE,
+            format!("Basic realm=\"{}\"", self.config.realm),
+        )
     }
 
     /// Signs in with a name and password (basic auth, the token endpoint's credentials).
@@ -321,6 +326,7 @@ impl Auth {
             Need::Login => *p != Principal::Anonymous,
             Need::Catalog => self.policy.catalog(p),
             Need::Repo(r, a) => self.policy.allowed(p, r).has(*a),
+            Need::Hint(..) => true,
         })
     }
 
@@ -332,7 +338,7 @@ impl Auth {
             match n {
                 Need::Login => {}
                 Need::Catalog => out.push("registry:catalog:*".to_owned()),
-                Need::Repo(r, a) => match per_repo.iter_mut().find(|(name, _)| name == r) {
+                Need::Repo(r, a) | Need::Hint(r, a) => match per_repo.iter_mut().find(|(name, _)| name == r) {
                     Some((_, acts)) => acts.push(a.as_str()),
                     None => per_repo.push((r.clone(), vec![a.as_str()])),
                 },
@@ -379,7 +385,7 @@ impl Auth {
                     Need::Repo(r, a) =>
                         Some(serde_json::json!({"Type": "repository", "Name": r, "Action": a.as_str()})),
                     Need::Catalog => Some(serde_json::json!({"Type": "registry", "Name": "catalog", "Action": "*"})),
-                    Need::Login => None,
+                    Need::Login | Need::Hint(..) => None,
                 })
                 .collect::<Vec<_>>()))
             .header(header::WWW_AUTHENTICATE, c)
@@ -435,7 +441,7 @@ impl Auth {
                     }
                 };
                 let ok = needs.iter().all(|n| match n {
-                    Need::Login => true,
+                    Need::Login | Need::Hint(..) => true,
                     Need::Catalog => token_allows(&access, "registry", "catalog", "*"),
                     Need::Repo(r, a) => token_allows(&access, "repository", r, a.as_str()),
                 });

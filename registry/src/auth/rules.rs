@@ -149,8 +149,15 @@ impl Policy {
             .is_some_and(|m| m.iter().any(|u| u == user))
     }
 
-    /// What `p` may do on `repo`.
+    /// What `p` may do on `repo`. Whatever anonymous clients may do, signed-in ones may too:
+    /// after `docker login`, docker sends credentials on every request, and a public image
+    /// must stay pullable.
     pub fn allowed(&self, p: &Principal, repo: &str) -> Actions {
+        let anonymous = self.by_rules(repo, |r| r.anonymous);
+        anonymous.union(self.allowed_as(p, repo))
+    }
+
+    fn allowed_as(&self, p: &Principal, repo: &str) -> Actions {
         match p {
             Principal::Open => Actions::ALL,
             Principal::User(u) if self.is_admin(u) => Actions::ALL,

@@ -168,7 +168,14 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
         tracing::Span::current().record("repo", name);
     }
     let method = req.method().clone();
-    let needs = needs_of(&route, &method);
+    let mut needs = needs_of(&route, &method);
+    if let (Route::Upload(_, id), &Method::POST) = (&route, &method) {
+        if id.is_empty() {
+            if let Some(from) = mount_source(req.uri()) {
+                needs.push(Need::Hint(from, Action::Pull));
+            }
+        }
+    }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let access = state.auth.authorize(req.headers(), peer, &needs).await?;
     match route {
@@ -210,6 +217,21 @@ async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
             m => Err(AppError::method(&m, "referrers")),
         },
     }
+}
+
+/// The `from` of a cross-repository mount request, if valid.
+fn mount_source(uri: &axum::http::Uri) -> Option<String> {
+    let q = uri.query()?;
+    let mut mount = false;
+    let mut from = None;
+    for pair in q.split('&') {
+        match pair.split_once('=') {
+            Some(("mount", _)) => mount = true,
+            Some(("from", v)) => from = percent_decode(v),
+            _ => {}
+        }
+    }
+    from.filter(|f| mount && validate_repository(f).is_ok())
 }
 
 /// What a request needs to be allowed: the action its method and resource imply.
