@@ -54,8 +54,7 @@ struct Cli {
 }
 
 /// One measured figure: samples per server.
-struct Figure {
-    name: String,
+struct Figure::new(String,
     unit: &'static str,
     /// Lower is better (times) or higher is better (throughput).
     lower_is_better: bool,
@@ -80,6 +79,16 @@ fn spread(v: &[f64]) -> (f64, f64) {
 }
 
 impl Figure {
+    fn new(name: String, unit: &'static str, lower_is_better: bool) -> Figure {
+        Figure {
+            name,
+            unit,
+            lower_is_better,
+            berth: Vec::new(),
+            peer: Vec::new(),
+        }
+    }
+
     fn ratio(&self) -> f64 {
         let (b, p) = (median(&self.berth), median(&self.peer));
         if self.lower_is_better {
@@ -189,19 +198,8 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let mut time = Figure {
-        name: format!("blob PUT {label} monolithic (s)"),
-        unit: "s",
-        lower_is_better: true,
-        berth: vec![],
-        peer: vec![],
-    };
-    let mut rss = Figure {
-        name: format!("peak RSS during PUT {label} (MiB)"),
-        unit: "MiB",
-        lower_is_better: true,
-        berth: vec![],
-        peer: vec![],
-    };
+        name: format!("blob PUT {label} monolithic (s)"), "s", true);
+    let mut rss = Figure::new(format!("peak RSS during PUT {label} (MiB)"), "MiB", true);
     for run in 0..cli.runs {
         // Alternate who goes first, so neither always meets the other's leftovers.
         let order: [&Server; 2] = if run % 2 == 0 { [berth, peer] } else { [peer, berth] };
@@ -251,20 +249,8 @@ async fn blob_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         get_once(&client, &url).await?; // warm the page cache
         urls.push(url);
     }
-    let mut time = Figure {
-        name: format!("blob GET {label} (s)"),
-        unit: "s",
-        lower_is_better: true,
-        berth: vec![],
-        peer: vec![],
-    };
-    let mut rate = Figure {
-        name: format!("blob GET {label} (GB/s)"),
-        unit: "GB/s",
-        lower_is_better: false,
-        berth: vec![],
-        peer: vec![],
-    };
+    let mut time = Figure::new(format!("blob GET {label} (s)"), "s", true);
+    let mut rate = Figure::new(format!("blob GET {label} (GB/s)"), "GB/s", false);
     for run in 0..cli.runs {
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -419,27 +405,9 @@ async fn manifest_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Fi
     };
     let mut figs = Vec::new();
     for &c in levels {
-        let mut rate = Figure {
-            name: format!("manifest GET c={c} (req/s)"),
-            unit: "req/s",
-            lower_is_better: false,
-            berth: vec![],
-            peer: vec![],
-        };
-        let mut p50 = Figure {
-            name: format!("manifest GET c={c} p50 (ms)"),
-            unit: "ms",
-            lower_is_better: true,
-            berth: vec![],
-            peer: vec![],
-        };
-        let mut p99 = Figure {
-            name: format!("manifest GET c={c} p99 (ms)"),
-            unit: "ms",
-            lower_is_better: true,
-            berth: vec![],
-            peer: vec![],
-        };
+        let mut rate = Figure::new(format!("manifest GET c={c} (req/s)"), "req/s", false);
+        let mut p50 = Figure::new(format!("manifest GET c={c} p50 (ms)"), "ms", true);
+        let mut p99 = Figure::new(format!("manifest GET c={c} p99 (ms)"), "ms", true);
         for run in 0..cli.runs {
             let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {

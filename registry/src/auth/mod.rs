@@ -526,15 +526,19 @@ impl Auth {
         out
     }
 
-    /// Issues a token for `p` covering `scopes`.
-    pub fn answer(&self, p: &Principal, scopes: &[String], refresh: bool) -> Result<TokenAnswer, AppError> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
+    fn token_keys(&self) -> Result<&TokenKeys, AppError> {
+        self.keys.as_ref().ok_or_else(|| {
             AppError::new(
                 StatusCode::NOT_FOUND,
                 "UNSUPPORTED",
                 "this registry does not run in token auth mode",
             )
-        })?;
+        })
+    }
+
+    /// Issues a token for `p` covering `scopes`.
+    pub fn answer(&self, p: &Principal, scopes: &[String], refresh: bool) -> Result<TokenAnswer, AppError> {
+        let keys = self.token_keys()?;
         let internal = |e: anyhow::Error| {
             tracing::error!(error = %e, "cannot sign a token");
             AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "cannot sign a token")
@@ -565,13 +569,7 @@ impl Auth {
 
     /// The principal behind a refresh token, if its account still exists.
     pub async fn refresh_principal(&self, refresh_token: &str) -> Result<Principal, AppError> {
-        let keys = self.keys.as_ref().ok_or_else(|| {
-            AppError::new(
-                StatusCode::NOT_FOUND,
-                "UNSUPPORTED",
-                "this registry does not run in token auth mode",
-            )
-        })?;
+        let keys = self.token_keys()?;
         let sub = keys.verify_refresh(refresh_token).map_err(|_| {
             AppError::new(
                 StatusCode::UNAUTHORIZED,
