@@ -54,7 +54,8 @@ struct Cli {
 }
 
 /// One measured figure: samples per server.
-struct Figure::new(String,
+struct Figure {
+    name: String,
     unit: &'static str,
     /// Lower is better (times) or higher is better (throughput).
     lower_is_better: bool,
@@ -197,8 +198,7 @@ async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut time = Figure {
-        name: format!("blob PUT {label} monolithic (s)"), "s", true);
+    let mut time = Figure::new(format!("blob PUT {label} monolithic (s)"), "s", true);
     let mut rss = Figure::new(format!("peak RSS during PUT {label} (MiB)"), "MiB", true);
     for run in 0..cli.runs {
         // Alternate who goes first, so neither always meets the other's leftovers.
