@@ -1,0 +1,450 @@
+//! `berth`: push, pull and copy container images without a docker daemon; docker-compatible
+//! references and credentials. Exit codes: 0 ok, 1 failure, 2 usage.
+
+use berth_client::credentials::{Credential, DockerConfig};
+use berth_client::layout::Layout;
+use berth_client::reference::Reference;
+use berth_client::registry::{self, Repo};
+use berth_client::transfer::{self, Show};
+use berth_client::transport::{Options, Transport};
+use berth_client::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Move container images between OCI layouts and registries"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Speak plain HTTP to the registry.
+    #[arg(long, global = true)]
+    plain_http: bool,
+    /// Skip TLS certificate verification.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Print the result as JSON on standard output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Blobs transferred in parallel.
+    #[arg(long, global = true, default_value_t = 4)]
+    jobs: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Store credentials for a registry (in docker's config.json or its credential helper).
+    Login {
+        /// Registry host[:port].
+        host: String,
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove stored credentials.
+    Logout { host: String },
+    /// Push an image from an OCI image layout.
+    Push {
+        /// OCI image layout directory.
+        dir: PathBuf,
+        /// Destination reference (host[:port]/repo[:tag]).
+        reference: String,
+        /// Which manifest of the layout (its org.opencontainers.image.ref.name).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Pull an image into an OCI image layout.
+    Pull {
+        /// Source reference.
+        reference: String,
+        /// OCI image layout directory (created if needed).
+        #[arg(long)]
+        to: PathBuf,
+        /// Only this platform of a multi-platform image (os/arch[/variant]).
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Copy an image between registries (or repositories).
+    Copy {
+        src: String,
+        dst: String,
+        /// Only this platform of a multi-platform image (os/arch[/variant]).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Copy every tag of the source repository.
+        #[arg(long)]
+        all_tags: bool,
+    },
+    /// List a repository's tags.
+    Tags { repository: String },
+    /// List a registry's repositories.
+    Catalog { host: String },
+    /// Show an image's manifest, config and history.
+    Inspect { reference: String },
+    /// Print an image's manifest digest.
+    Digest { reference: String },
+    /// Delete a manifest (by tag: the manifest it points to).
+    Delete { reference: String },
+}
+
+fn parse_ref(s: &str) -> Result<Reference> {
+    Reference::parse(s).map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// A registry named alone (login, logout, catalog): always a host, never a Docker Hub path.
+fn host_ref(host: &str) -> Result<Reference> {
+    let host = host
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let host = if host == "index.docker.io" { "docker.io" } else { host };
+    if host.is_empty() || host.contains('/') {
+        return Err(Error::Usage(format!("{host:?} is not a registry host[:port]")));
+    }
+    Ok(Reference {
+        registry: host.to_owned(),
+        repository: "x".to_owned(),
+        tag: None,
+        digest: None,
+    })
+}
+
+fn transport(r: &Reference, g: &Global) -> Result<Arc<Transport>> {
+    let config = DockerConfig::load_default().map_err(|e| Error::Usage(e.to_string()))?;
+    let credential = config
+        .get(&r.credential_key())
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let opts = Options {
+        plain_http: g.plain_http,
+        insecure: g.insecure,
+        retries: 4,
+    };
+    Ok(Arc::new(Transport::new(
+        &r.registry,
+        r.api_host(),
+        r.is_loopback(),
+        credential,
+        &opts,
+    )?))
+}
+
+fn repo(r: &Reference, g: &Global) -> Result<Repo> {
+    Ok(Repo::new(transport(r, g)?, &r.repository))
+}
+
+fn out(g: &Global, json: serde_json::Value, text: &str) {
+    if g.json {
+        println!("{json}");
+    } else if !g.quiet && !text.is_empty() {
+        println!("{text}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            if matches!(e, Error::Usage(_)) {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    let show = if g.json { Show::Quiet } else { Show::auto(g.quiet) };
+    match cli.cmd {
+        Cmd::Login {
+            host,
+            username,
+            password_stdin,
+        } => {
+            let r = host_ref(&host)?;
+            let username = match username {
+                Some(u) => u,
+                None => return Err(Error::Usage("give the user name with -u USER".into())),
+            };
+            if !password_stdin {
+                eprintln!("reading the password from standard input");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| Error::Usage(format!("reading the password: {e}")))?;
+            let secret = line.trim_end_matches(['\n', '\r']).to_owned();
+            if secret.is_empty() {
+                return Err(Error::Usage("empty password".into()));
+            }
+            let cred = Credential {
+                username,
+                secret,
+                identity_token: None,
+            };
+            let opts = Options {
+                plain_http: g.plain_http,
+                insecure: g.insecure,
+                retries: 2,
+            };
+            let t = Transport::new(&r.registry, r.api_host(), r.is_loopback(), Some(cred.clone()), &opts)?;
+            let resp = t
+                .send(
+                    reqwest::Method::GET,
+                    "/v2/",
+                    "",
+                    reqwest::header::HeaderMap::new(),
+                    None,
+                )
+                .await?;
+            if !resp.status().is_success() {
+                return Err(t.fail(resp).await);
+            }
+            let mut config = DockerConfig::load_default().map_err(|e| Error::Usage(e.to_string()))?;
+            config
+                .store(&r.credential_key(), &cred)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            out(&g, serde_json::json!({"login": r.registry}), "Login Succeeded");
+        }
+        Cmd::Logout { host } => {
+            let r = host_ref(&host)?;
+            let mut config = DockerConfig::load_default().map_err(|e| Error::Usage(e.to_string()))?;
+            let removed = config
+                .erase(&r.credential_key())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            out(
+                &g,
+                serde_json::json!({"logout": r.registry, "removed": removed}),
+                &if removed {
+                    format!("Removed login credentials for {}", r.registry)
+                } else {
+                    format!("Not logged in to {}", r.registry)
+                },
+            );
+        }
+        Cmd::Push { dir, reference, tag } => {
+            let r = parse_ref(&reference)?;
+            let layout = Layout::open(&dir)?;
+            let dst = repo(&r, &g)?;
+            let s = transfer::push(&layout, tag.as_deref(), &dst, &r.reference(), g.jobs, show).await?;
+            let text = format!(
+                "{r}: digest: {} ({} blobs, {} pushed, {} existed)",
+                s.digest, s.blobs, s.transferred, s.skipped
+            );
+            out(&g, serde_json::to_value(&s).unwrap_or_default(), &text);
+        }
+        Cmd::Pull {
+            reference,
+            to,
+            platform,
+        } => {
+            let r = parse_ref(&reference)?;
+            let src = repo(&r, &g)?;
+            let layout = Layout::create(&to)?;
+            let tag = r.tag.clone().unwrap_or_else(|| r.reference());
+            let s = transfer::pull(&src, &r.reference(), &layout, &tag, platform.as_deref(), g.jobs, show).await?;
+            let text = format!(
+                "{r}: digest: {} → {} ({} blobs, {} pulled)",
+                s.digest,
+                to.display(),
+                s.blobs,
+                s.transferred
+            );
+            out(&g, serde_json::to_value(&s).unwrap_or_default(), &text);
+        }
+        Cmd::Copy {
+            src,
+            dst,
+            platform,
+            all_tags,
+        } => {
+            let s = parse_ref(&src)?;
+            let d = parse_ref(&dst)?;
+            let from = repo(&s, &g)?;
+            let to = if s.registry == d.registry {
+                Repo::new(from.t.clone(), &d.repository)
+            } else {
+                repo(&d, &g)?
+            };
+            let tmp = std::env::temp_dir().join(format!("berth-copy-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::Usage(format!("{}: {e}", tmp.display())))?;
+            let pairs: Vec<(String, String)> = if all_tags {
+                from.tags().await?.into_iter().map(|t| (t.clone(), t)).collect()
+            } else {
+                vec![(s.reference(), d.reference())]
+            };
+            let mut results = Vec::new();
+            for (a, b) in pairs {
+                let r = transfer::copy(&from, &a, &to, &b, platform.as_deref(), &tmp, g.jobs, show).await;
+                match r {
+                    Ok(sum) => {
+                        if !g.json && !g.quiet {
+                            println!(
+                                "{}:{a} → {}:{b}: digest: {} ({} copied, {} mounted, {} existed)",
+                                s.repository, d.repository, sum.digest, sum.transferred, sum.mounted, sum.skipped
+                            );
+                        }
+                        results.push(sum);
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        return Err(e);
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            if g.json {
+                println!("{}", serde_json::to_value(&results).unwrap_or_default());
+            }
+        }
+        Cmd::Tags { repository } => {
+            let r = parse_ref(&repository)?;
+            let tags = repo(&r, &g)?.tags().await?;
+            out(&g, serde_json::json!(tags), &tags.join("\n"));
+        }
+        Cmd::Catalog { host } => {
+            let r = host_ref(&host)?;
+            let t = transport(&r, &g)?;
+            let repos = registry::catalog(&t).await?;
+            out(&g, serde_json::json!(repos), &repos.join("\n"));
+        }
+        Cmd::Digest { reference } => {
+            let r = parse_ref(&reference)?;
+            let d = repo(&r, &g)?.resolve(&r.reference()).await?;
+            out(&g, serde_json::json!({"digest": d}), &d.to_string());
+        }
+        Cmd::Delete { reference } => {
+            let r = parse_ref(&reference)?;
+            let rp = repo(&r, &g)?;
+            let d = match &r.digest {
+                Some(d) => d.clone(),
+                None => rp.resolve(&r.reference()).await?,
+            };
+            rp.delete_manifest(&d).await?;
+            out(
+                &g,
+                serde_json::json!({"deleted": d}),
+                &format!("deleted {}@{d}", r.repository),
+            );
+        }
+        Cmd::Inspect { reference } => {
+            let r = parse_ref(&reference)?;
+            let rp = repo(&r, &g)?;
+            let m = rp.manifest(&r.reference()).await?;
+            let manifest: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+            let config = match manifest["config"]["digest"].as_str().and_then(|d| d.parse().ok()) {
+                Some(d) => {
+                    let tmp = tempfile_in_temp()?;
+                    let file = tmp.join("config");
+                    rp.download(&d, &tmp.join("config.partial"), &file, &|_| {}).await?;
+                    let v = std::fs::read(&file)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .unwrap_or_default();
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    v
+                }
+                None => serde_json::Value::Null,
+            };
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"digest": m.digest, "mediaType": m.media_type, "manifest": manifest, "config": config})
+                );
+            } else {
+                println!("Name:       {r}");
+                println!("Digest:     {}", m.digest);
+                println!("MediaType:  {}", m.media_type);
+                if let Some(ls) = manifest["manifests"].as_array() {
+                    println!("Platforms:");
+                    for c in ls {
+                        let p = &c["platform"];
+                        println!(
+                            "  {}/{}{}  {}",
+                            p["os"].as_str().unwrap_or("?"),
+                            p["architecture"].as_str().unwrap_or("?"),
+                            p["variant"].as_str().map(|v| format!("/{v}")).unwrap_or_default(),
+                            c["digest"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                if let Some(ls) = manifest["layers"].as_array() {
+                    println!("Layers:");
+                    for l in ls {
+                        println!(
+                            "  {}  {:>12}  {}",
+                            l["digest"].as_str().unwrap_or(""),
+                            l["size"],
+                            l["mediaType"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                if !config.is_null() {
+                    let c = &config["config"];
+                    println!(
+                        "Platform:   {}/{}",
+                        config["os"].as_str().unwrap_or("?"),
+                        config["architecture"].as_str().unwrap_or("?")
+                    );
+                    println!("Entrypoint: {}", c["Entrypoint"]);
+                    println!("Cmd:        {}", c["Cmd"]);
+                    println!("Env:        {}", c["Env"]);
+                    if let Some(h) = config["history"].as_array() {
+                        println!("History:");
+                        for e in h.iter().rev() {
+                            println!(
+                                "  {:<25} {}{}",
+                                e["created"].as_str().unwrap_or(""),
+                                e["created_by"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .chars()
+                                    .take(100)
+                                    .collect::<String>(),
+                                if e["empty_layer"].as_bool() == Some(true) {
+                                    "  (no layer)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_in_temp() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("berth-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}

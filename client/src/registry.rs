@@ -1,0 +1,493 @@
+//! The distribution API, one repository at a time: manifests, blobs (resumable downloads,
+//! monolithic or chunked uploads with resume, cross-repository mounts), tags, catalog.
+
+use crate::error::{Error, Result};
+use crate::transport::Transport;
+use berth_oci::{media, Digest};
+use futures::StreamExt as _;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+use std::io::{Seek as _, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+
+/// Blobs up to this size go in one PUT; larger ones in chunks of this size, each resumable.
+pub const CHUNK: u64 = 64 * 1024 * 1024;
+
+/// A manifest as fetched.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The exact bytes.
+    pub bytes: Vec<u8>,
+    /// Its media type (Content-Type, else the body's `mediaType`).
+    pub media_type: String,
+    /// Its digest (computed, and checked against the reference when that is a digest).
+    pub digest: Digest,
+}
+
+/// How a blob reached the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploaded {
+    /// It was there already.
+    Existed,
+    /// Mounted from another repository: no bytes sent.
+    Mounted,
+    /// Sent.
+    Sent,
+}
+
+/// One repository on one registry.
+#[derive(Clone)]
+pub struct Repo {
+    /// The registry.
+    pub t: Arc<Transport>,
+    /// Repository name.
+    pub name: String,
+}
+
+fn accept_all() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        ACCEPT,
+        HeaderValue::from_static(
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    );
+    h
+}
+
+fn file_body(path: &Path, offset: u64, len: u64) -> Result<reqwest::Body> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::local(path, e))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::local(path, e))?;
+    let f = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(f), len);
+    Ok(reqwest::Body::wrap_stream(tokio_util_reader(f)))
+}
+
+/// A byte stream over an async reader, in 256 KiB reads.
+fn tokio_util_reader<R: tokio::io::AsyncRead + Send + Unpin + 'static>(
+    r: R,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures::stream::unfold(r, |mut r| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    })
+}
+
+impl Repo {
+    /// A repository on a registry.
+    pub fn new(t: Arc<Transport>, name: &str) -> Repo {
+        Repo {
+            t,
+            name: name.to_owned(),
+        }
+    }
+
+    fn pull_scope(&self) -> String {
+        format!("repository:{}:pull", self.name)
+    }
+
+    fn push_scope(&self) -> String {
+        format!("repository:{}:pull,push", self.name)
+    }
+
+    /// Fetches a manifest by tag or digest.
+    pub async fn manifest(&self, reference: &str) -> Result<Manifest> {
+        let path = format!("/v2/{}/manifests/{reference}", self.name);
+        let r = self
+            .t
+            .send(Method::GET, &path, &self.pull_scope(), accept_all(), None)
+            .await?;
+        if r.status() != StatusCode::OK {
+            return Err(self.t.fail(r).await);
+        }
+        let ct = r
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        let bytes = r.bytes().await.map_err(|e| Error::Network {
+            registry: self.t.registry.clone(),
+            message: format!("reading manifest {reference}: {e}"),
+        })?;
+        if bytes.len() > 16 * 1024 * 1024 {
+            return Err(Error::Usage(format!(
+                "manifest {reference} is larger than 16 MiB: refusing it"
+            )));
+        }
+        let digest = Digest::of(&bytes);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("manifest {}@{want}", self.name),
+                    expected: want.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        let body_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_owned));
+        let media_type = ct
+            .filter(|c| media::MANIFEST_TYPES.contains(&c.as_str()))
+            .or(body_type)
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
+        Ok(Manifest {
+            bytes: bytes.to_vec(),
+            media_type,
+            digest,
+        })
+    }
+
+    /// The digest a tag or digest resolves to (HEAD).
+    pub async fn resolve(&self, reference: &str) -> Result<Digest> {
+        let path = format!("/v2/{}/manifests/{reference}", self.name);
+        let r = self
+            .t
+            .send(Method::HEAD, &path, &self.pull_scope(), accept_all(), None)
+            .await?;
+        if r.status() != StatusCode::OK {
+            return Err(self.t.fail(r).await);
+        }
+        match r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+            Some(d) => d
+                .parse()
+                .map_err(|e| Error::Usage(format!("registry sent a bad digest: {e}"))),
+            None => Ok(self.manifest(reference).await?.digest),
+        }
+    }
+
+    /// Stores a manifest under a tag or its digest; returns its digest.
+    pub async fn put_manifest(&self, reference: &str, bytes: &[u8], media_type: &str) -> Result<Digest> {
+        let path = format!("/v2/{}/manifests/{reference}", self.name);
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(media_type) {
+            h.insert(CONTENT_TYPE, v);
+        }
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let make = move || reqwest::Body::from(body.clone());
+        let r = self
+            .t
+            .send(Method::PUT, &path, &self.push_scope(), h, Some(&make))
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            return Err(self.t.fail(r).await);
+        }
+        Ok(Digest::of(bytes))
+    }
+
+    /// Deletes a manifest by digest.
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        let path = format!("/v2/{}/manifests/{digest}", self.name);
+        let scope = format!("repository:{}:delete", self.name);
+        let r = self
+            .t
+            .send(Method::DELETE, &path, &scope, HeaderMap::new(), None)
+            .await?;
+        if r.status() != StatusCode::ACCEPTED && r.status() != StatusCode::OK {
+            return Err(self.t.fail(r).await);
+        }
+        Ok(())
+    }
+
+    /// All tags, following `Link` pages.
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        let first = format!("/v2/{}/tags/list?n=1000", self.name);
+        paginate(&self.t, &first, &self.pull_scope(), "tags").await
+    }
+
+    /// The blob's size if the registry has it in this repository.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        let path = format!("/v2/{}/blobs/{d}", self.name);
+        let r = self
+            .t
+            .send(Method::HEAD, &path, &self.pull_scope(), HeaderMap::new(), None)
+            .await?;
+        match r.status() {
+            StatusCode::OK => Ok(r
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .or(Some(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.t.fail(r).await),
+        }
+    }
+
+    /// Downloads a blob to `dest`, resuming with `Range` after a dropped connection, verifying
+    /// the digest before the file gets its final name (via `partial`).
+    pub async fn download(
+        &self,
+        d: &Digest,
+        partial: &Path,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        let path = format!("/v2/{}/blobs/{d}", self.name);
+        let mut file = tokio::fs::File::create(partial)
+            .await
+            .map_err(|e| Error::local(partial, e))?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut failures = 0u32;
+        loop {
+            let mut h = HeaderMap::new();
+            if written > 0 {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes={written}-")) {
+                    h.insert(RANGE, v);
+                }
+            }
+            let r = self.t.send(Method::GET, &path, &self.pull_scope(), h, None).await?;
+            match r.status() {
+                StatusCode::OK if written > 0 => {
+                    // The server ignored the range: start over.
+                    file.set_len(0).await.map_err(|e| Error::local(partial, e))?;
+                    file.seek(SeekFrom::Start(0))
+                        .await
+                        .map_err(|e| Error::local(partial, e))?;
+                    hasher = Sha256::new();
+                    written = 0;
+                }
+                StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
+                _ => {
+                    let _ = tokio::fs::remove_file(partial).await;
+                    return Err(self.t.fail(r).await);
+                }
+            }
+            let mut stream = r.bytes_stream();
+            let mut broke = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => {
+                        file.write_all(&c).await.map_err(|e| Error::local(partial, e))?;
+                        hasher.update(&c);
+                        written += c.len() as u64;
+                        progress(c.len() as u64);
+                    }
+                    Err(e) => {
+                        broke = Some(e);
+                        break;
+                    }
+                }
+            }
+            match broke {
+                None => break,
+                Some(e) => {
+                    failures += 1;
+                    if failures > 5 {
+                        let _ = tokio::fs::remove_file(partial).await;
+                        return Err(Error::Network {
+                            registry: self.t.registry.clone(),
+                            message: format!("downloading {d}: {e} (gave up after {failures} attempts)"),
+                        });
+                    }
+                    tracing::info!(digest = %d, written, error = %e, "download interrupted; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(failures))).await;
+                }
+            }
+        }
+        file.flush().await.map_err(|e| Error::local(partial, e))?;
+        file.sync_all().await.map_err(|e| Error::local(partial, e))?;
+        drop(file);
+        let actual = Digest::from_sha256(&hasher.finalize());
+        if &actual != d {
+            let _ = tokio::fs::remove_file(partial).await;
+            return Err(Error::DigestMismatch {
+                what: format!("blob {} from {}", d, self.t.registry),
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        tokio::fs::rename(partial, dest)
+            .await
+            .map_err(|e| Error::local(dest, e))?;
+        Ok(written)
+    }
+
+    /// Uploads the blob in `src` (already verified by the caller) unless the repository has it:
+    /// mounted from `mount_from` when given and possible, else one PUT for small blobs or
+    /// resumable chunks for large ones.
+    pub async fn upload(
+        &self,
+        d: &Digest,
+        size: u64,
+        src: &Path,
+        mount_from: Option<&str>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Uploaded> {
+        if self.blob_size(d).await?.is_some() {
+            progress(size);
+            return Ok(Uploaded::Existed);
+        }
+        let start = match mount_from {
+            Some(from) => format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", self.name),
+            None => format!("/v2/{}/blobs/uploads/", self.name),
+        };
+        let scope = match mount_from {
+            Some(from) => format!("{} repository:{from}:pull", self.push_scope()),
+            None => self.push_scope(),
+        };
+        let r = self
+            .t
+            .send(Method::POST, &start, &scope, HeaderMap::new(), None)
+            .await?;
+        if r.status() == StatusCode::CREATED && mount_from.is_some() {
+            progress(size);
+            return Ok(Uploaded::Mounted);
+        }
+        if r.status() != StatusCode::ACCEPTED {
+            return Err(self.t.fail(r).await);
+        }
+        let mut location = self.location(&r)?;
+        let finish = |loc: &str| {
+            let sep = if loc.contains('?') { '&' } else { '?' };
+            format!("{loc}{sep}digest={d}")
+        };
+        if size <= CHUNK {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(CONTENT_LENGTH, HeaderValue::from(size));
+            let src_owned = src.to_owned();
+            let make = move || file_body(&src_owned, 0, size).unwrap_or_else(|_| reqwest::Body::from(Vec::new()));
+            let r = self
+                .t
+                .send(Method::PUT, &finish(&location), &scope, h, Some(&make))
+                .await?;
+            if r.status() != StatusCode::CREATED {
+                return Err(self.t.fail(r).await);
+            }
+            progress(size);
+            return Ok(Uploaded::Sent);
+        }
+        let mut offset = 0u64;
+        let mut failures = 0;
+        while offset < size {
+            let len = CHUNK.min(size - offset);
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            if let Ok(v) = HeaderValue::from_str(&format!("{offset}-{}", offset + len - 1)) {
+                h.insert(CONTENT_RANGE, v);
+            }
+            let src_owned = src.to_owned();
+            let make = move || file_body(&src_owned, offset, len).unwrap_or_else(|_| reqwest::Body::from(Vec::new()));
+            let sent = self.t.send(Method::PATCH, &location, &scope, h, Some(&make)).await;
+            match sent {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                    location = self.location(&r).unwrap_or(location);
+                    offset += len;
+                    progress(len);
+                    continue;
+                }
+                Ok(r) if r.status() != StatusCode::RANGE_NOT_SATISFIABLE => return Err(self.t.fail(r).await),
+                Ok(_) | Err(_) if failures < 5 => {
+                    failures += 1;
+                    // Ask the session where it stands and continue from there.
+                    let r = self
+                        .t
+                        .send(Method::GET, &location, &scope, HeaderMap::new(), None)
+                        .await?;
+                    if r.status() != StatusCode::NO_CONTENT {
+                        return Err(self.t.fail(r).await);
+                    }
+                    let end = r
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.rsplit('-').next()?.parse::<u64>().ok());
+                    let resumed = match end {
+                        Some(e) if offset > 0 || e > 0 => e + 1,
+                        _ => 0,
+                    };
+                    tracing::info!(digest = %d, from = resumed, "upload interrupted; resuming");
+                    location = self.location(&r).unwrap_or(location);
+                    offset = resumed;
+                }
+                Ok(r) => return Err(self.t.fail(r).await),
+                Err(e) => return Err(e),
+            }
+        }
+        let r = self
+            .t
+            .send(Method::PUT, &finish(&location), &scope, HeaderMap::new(), None)
+            .await?;
+        if r.status() != StatusCode::CREATED {
+            return Err(self.t.fail(r).await);
+        }
+        Ok(Uploaded::Sent)
+    }
+
+    /// Mounts a blob from `from` (same registry); `false` when the registry opened an upload
+    /// session instead (which is then abandoned).
+    pub async fn mount(&self, d: &Digest, from: &str) -> Result<bool> {
+        let path = format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", self.name);
+        let scope = format!("{} repository:{from}:pull", self.push_scope());
+        let r = self.t.send(Method::POST, &path, &scope, HeaderMap::new(), None).await?;
+        match r.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(loc) = self.location(&r) {
+                    let _ = self.t.send(Method::DELETE, &loc, &scope, HeaderMap::new(), None).await;
+                }
+                Ok(false)
+            }
+            _ => Err(self.t.fail(r).await),
+        }
+    }
+
+    fn location(&self, r: &reqwest::Response) -> Result<String> {
+        r.headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Network {
+                registry: self.t.registry.clone(),
+                message: "upload answered no Location".into(),
+            })
+    }
+}
+
+/// Every repository (`_catalog`), following `Link` pages.
+pub async fn catalog(t: &Transport) -> Result<Vec<String>> {
+    paginate(t, "/v2/_catalog?n=1000", "registry:catalog:*", "repositories").await
+}
+
+async fn paginate(t: &Transport, first: &str, scope: &str, key: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(path) = next.take() {
+        let r = t.send(Method::GET, &path, scope, HeaderMap::new(), None).await?;
+        if r.status() != StatusCode::OK {
+            return Err(t.fail(r).await);
+        }
+        next = r.headers().get("link").and_then(|v| v.to_str().ok()).and_then(|l| {
+            l.split_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(u, _)| u.to_owned())
+        });
+        let body = r.bytes().await.map_err(|e| Error::Network {
+            registry: t.registry.clone(),
+            message: e.to_string(),
+        })?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let page: Vec<String> = v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if page.is_empty() {
+            break;
+        }
+        out.extend(page);
+    }
+    Ok(out)
+}

@@ -1,0 +1,434 @@
+//! Whole-image transfers: push (OCI layout → registry), pull (registry → OCI layout) and copy
+//! (registry → registry). Blobs move in parallel (`jobs` at a time); manifests go last,
+//! children before parents, so a registry never sees a manifest whose content is missing.
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::registry::{Repo, Uploaded};
+use berth_oci::{manifest, media, Descriptor, Digest};
+use futures::{StreamExt as _, TryStreamExt as _};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Nothing.
+    Quiet,
+    /// One line per blob when it is done (logs, CI).
+    Lines,
+    /// A bar per blob and a total (a terminal).
+    Bars,
+}
+
+impl Show {
+    /// Bars on a terminal, lines otherwise, nothing when quiet.
+    pub fn auto(quiet: bool) -> Show {
+        if quiet {
+            Show::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Show::Bars
+        } else {
+            Show::Lines
+        }
+    }
+}
+
+/// Progress reporting for one transfer.
+pub struct Reporter {
+    show: Show,
+    multi: MultiProgress,
+    total: ProgressBar,
+}
+
+impl Reporter {
+    /// A reporter for `total_bytes`.
+    pub fn new(show: Show, total_bytes: u64) -> Reporter {
+        let multi = MultiProgress::new();
+        let total = if show == Show::Bars {
+            let bar = multi.add(ProgressBar::new(total_bytes));
+            if let Ok(style) =
+                ProgressStyle::with_template("total        [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Reporter { show, multi, total }
+    }
+
+    fn blob(&self, d: &Digest, size: u64) -> ProgressBar {
+        if self.show != Show::Bars {
+            return ProgressBar::hidden();
+        }
+        let bar = self.multi.insert_before(&self.total, ProgressBar::new(size));
+        if let Ok(style) = ProgressStyle::with_template("{prefix:12} [{bar:30}] {bytes}/{total_bytes}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(d.hex()[..12].to_owned());
+        bar
+    }
+
+    fn done(&self, verb: &str, d: &Digest, size: u64, bar: &ProgressBar) {
+        bar.finish();
+        if self.show == Show::Lines {
+            eprintln!("{verb} {d} ({size} bytes)");
+        }
+    }
+
+    fn finish(&self) {
+        self.total.finish_and_clear();
+    }
+}
+
+/// What a transfer did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// Digest of the top manifest.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Blobs the image references.
+    pub blobs: usize,
+    /// Blobs that moved.
+    pub transferred: usize,
+    /// Blobs the destination had already.
+    pub skipped: usize,
+    /// Blobs mounted across repositories (no bytes moved).
+    pub mounted: usize,
+    /// Bytes of the blobs that moved.
+    pub bytes: u64,
+}
+
+/// An image's manifests (children first, the top last) and distinct blobs.
+struct Tree {
+    manifests: Vec<(Descriptor, Vec<u8>)>,
+    blobs: Vec<Descriptor>,
+}
+
+fn descriptor(digest: &Digest, bytes: &[u8], media_type: &str) -> Descriptor {
+    Descriptor {
+        media_type: media_type.to_owned(),
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        artifact_type: None,
+        annotations: None,
+        urls: None,
+        platform: None,
+    }
+}
+
+fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<manifest::ParsedManifest> {
+    manifest::parse(bytes, Some(media_type)).map_err(|e| Error::Usage(format!("{what}: {e}")))
+}
+
+/// Whether an index child matches `os/arch[/variant]`.
+fn platform_matches(d: &Descriptor, want: &str) -> bool {
+    let Some(p) = &d.platform else { return false };
+    let mut parts = want.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    p["os"].as_str() == os
+        && p["architecture"].as_str() == arch
+        && (variant.is_none() || p["variant"].as_str() == variant)
+}
+
+/// Walks a manifest tree, reading each manifest with `fetch`.
+async fn walk<F, Fut>(root: Descriptor, root_bytes: Vec<u8>, platform: Option<&str>, fetch: F) -> Result<Tree>
+where
+    F: Fn(Descriptor) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let parsed = parse(&root_bytes, &root.media_type, &format!("manifest {}", root.digest))?;
+    let mut tree = Tree {
+        manifests: Vec::new(),
+        blobs: Vec::new(),
+    };
+    let add_blobs = |blobs: Vec<Descriptor>, tree: &mut Tree| {
+        for b in blobs {
+            if !tree.blobs.iter().any(|x| x.digest == b.digest) {
+                tree.blobs.push(b);
+            }
+        }
+    };
+    if media::is_index(&parsed.media_type) {
+        let children: Vec<Descriptor> = match platform {
+            Some(p) => {
+                let one = parsed
+                    .manifests
+                    .iter()
+                    .find(|c| platform_matches(c, p))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Usage(format!("the index {} has no manifest for platform {p}", root.digest))
+                    })?;
+                // Only the chosen platform moves: the top of the tree becomes that manifest.
+                let bytes = fetch(one.clone()).await?;
+                let child = parse(&bytes, &one.media_type, &format!("manifest {}", one.digest))?;
+                add_blobs(child.blobs, &mut tree);
+                tree.manifests.push((one, bytes));
+                return Ok(tree);
+            }
+            None => parsed.manifests.clone(),
+        };
+        for c in children {
+            let bytes = fetch(c.clone()).await?;
+            let child = parse(&bytes, &c.media_type, &format!("manifest {}", c.digest))?;
+            if media::is_index(&child.media_type) {
+                return Err(Error::Usage(format!("nested index {} is not supported", c.digest)));
+            }
+            add_blobs(child.blobs, &mut tree);
+            tree.manifests.push((c, bytes));
+        }
+    } else {
+        add_blobs(parsed.blobs, &mut tree);
+    }
+    tree.manifests.push((root, root_bytes));
+    Ok(tree)
+}
+
+fn top(tree: &Tree) -> &(Descriptor, Vec<u8>) {
+    // `walk` always pushes at least the top manifest.
+    &tree.manifests[tree.manifests.len() - 1]
+}
+
+/// Pushes the manifest tagged `tag` (or the only one) from `layout` to `dst` as `dst_ref`.
+pub async fn push(
+    layout: &Layout,
+    tag: Option<&str>,
+    dst: &Repo,
+    dst_ref: &str,
+    jobs: usize,
+    show: Show,
+) -> Result<Summary> {
+    let root = layout.find(tag)?;
+    let root_bytes = layout.read_blob(&root.digest)?;
+    let tree = walk(root, root_bytes, None, |d| async move { layout.read_blob(&d.digest) }).await?;
+    for b in &tree.blobs {
+        if !layout.has_blob(&b.digest, b.size) {
+            return Err(Error::local(
+                layout.blob_path(&b.digest),
+                format!("missing or of the wrong size (expected {} bytes)", b.size),
+            ));
+        }
+    }
+    let total: u64 = tree.blobs.iter().map(|b| b.size).sum();
+    let rep = Reporter::new(show, total);
+    let (sent, skipped, mounted) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    futures::stream::iter(tree.blobs.iter().map(|b| {
+        let (rep, sent, skipped, mounted, bytes) = (&rep, &sent, &skipped, &mounted, &bytes);
+        async move {
+            let bar = rep.blob(&b.digest, b.size);
+            let tick = |n: u64| {
+                bar.inc(n);
+                rep.total.inc(n);
+            };
+            let how = dst
+                .upload(&b.digest, b.size, &layout.blob_path(&b.digest), None, &tick)
+                .await?;
+            let verb = match how {
+                Uploaded::Existed => {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    "exists"
+                }
+                Uploaded::Mounted => {
+                    mounted.fetch_add(1, Ordering::Relaxed);
+                    "mounted"
+                }
+                Uploaded::Sent => {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(b.size, Ordering::Relaxed);
+                    "pushed"
+                }
+            };
+            rep.done(verb, &b.digest, b.size, &bar);
+            Ok::<_, Error>(())
+        }
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    rep.finish();
+    let n = tree.manifests.len();
+    for (i, (d, body)) in tree.manifests.iter().enumerate() {
+        let reference = if i + 1 == n {
+            dst_ref.to_owned()
+        } else {
+            d.digest.to_string()
+        };
+        dst.put_manifest(&reference, body, &d.media_type).await?;
+    }
+    let (root, _) = top(&tree);
+    Ok(Summary {
+        digest: root.digest.to_string(),
+        media_type: root.media_type.clone(),
+        blobs: tree.blobs.len(),
+        transferred: sent.into_inner(),
+        skipped: skipped.into_inner(),
+        mounted: mounted.into_inner(),
+        bytes: bytes.into_inner(),
+    })
+}
+
+async fn fetch_top(src: &Repo, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
+    let m = src.manifest(reference).await?;
+    Ok((descriptor(&m.digest, &m.bytes, &m.media_type), m.bytes))
+}
+
+/// Pulls `src_ref` from `src` into `layout`, listed as `tag`.
+pub async fn pull(
+    src: &Repo,
+    src_ref: &str,
+    layout: &Layout,
+    tag: &str,
+    platform: Option<&str>,
+    jobs: usize,
+    show: Show,
+) -> Result<Summary> {
+    let (root, root_bytes) = fetch_top(src, src_ref).await?;
+    let tree = walk(root, root_bytes, platform, |d| async move {
+        Ok(src.manifest(&d.digest.to_string()).await?.bytes)
+    })
+    .await?;
+    let missing: Vec<&Descriptor> = tree
+        .blobs
+        .iter()
+        .filter(|b| !layout.has_blob(&b.digest, b.size))
+        .collect();
+    let total: u64 = missing.iter().map(|b| b.size).sum();
+    let rep = Reporter::new(show, total);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    futures::stream::iter(missing.iter().map(|b| {
+        let (rep, bytes) = (&rep, &bytes);
+        async move {
+            let bar = rep.blob(&b.digest, b.size);
+            let tick = |n: u64| {
+                bar.inc(n);
+                rep.total.inc(n);
+            };
+            let n = src
+                .download(
+                    &b.digest,
+                    &layout.temp_path(&b.digest),
+                    &layout.blob_path(&b.digest),
+                    &tick,
+                )
+                .await?;
+            if n != b.size {
+                let _ = std::fs::remove_file(layout.blob_path(&b.digest));
+                return Err(Error::Usage(format!(
+                    "blob {} has {n} bytes, the manifest says {}",
+                    b.digest, b.size
+                )));
+            }
+            bytes.fetch_add(n, Ordering::Relaxed);
+            rep.done("pulled", &b.digest, b.size, &bar);
+            Ok::<_, Error>(())
+        }
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    rep.finish();
+    for (_, body) in &tree.manifests {
+        layout.write_blob(body)?;
+    }
+    let (root, _) = top(&tree);
+    layout.set_tag(root, tag)?;
+    Ok(Summary {
+        digest: root.digest.to_string(),
+        media_type: root.media_type.clone(),
+        blobs: tree.blobs.len(),
+        transferred: missing.len(),
+        skipped: tree.blobs.len() - missing.len(),
+        mounted: 0,
+        bytes: bytes.into_inner(),
+    })
+}
+
+/// Copies `src_ref` from `src` to `dst` as `dst_ref`. Within one registry blobs are mounted
+/// (no bytes move); otherwise each goes through a verified temporary file in `tmp`.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy(
+    src: &Repo,
+    src_ref: &str,
+    dst: &Repo,
+    dst_ref: &str,
+    platform: Option<&str>,
+    tmp: &std::path::Path,
+    jobs: usize,
+    show: Show,
+) -> Result<Summary> {
+    let (root, root_bytes) = fetch_top(src, src_ref).await?;
+    let tree = walk(root, root_bytes, platform, |d| async move {
+        Ok(src.manifest(&d.digest.to_string()).await?.bytes)
+    })
+    .await?;
+    let same_registry = src.t.registry == dst.t.registry;
+    let total: u64 = tree.blobs.iter().map(|b| b.size).sum();
+    let rep = Reporter::new(show, total);
+    let (sent, skipped, mounted) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let tmp = Arc::new(tmp.to_owned());
+    futures::stream::iter(tree.blobs.iter().map(|b| {
+        let (rep, sent, skipped, mounted, bytes, tmp) = (&rep, &sent, &skipped, &mounted, &bytes, tmp.clone());
+        async move {
+            let bar = rep.blob(&b.digest, b.size);
+            let tick = |n: u64| {
+                bar.inc(n);
+                rep.total.inc(n);
+            };
+            if dst.blob_size(&b.digest).await?.is_some() {
+                tick(b.size);
+                skipped.fetch_add(1, Ordering::Relaxed);
+                rep.done("exists", &b.digest, b.size, &bar);
+                return Ok(());
+            }
+            if same_registry && dst.mount(&b.digest, &src.name).await? {
+                tick(b.size);
+                mounted.fetch_add(1, Ordering::Relaxed);
+                rep.done("mounted", &b.digest, b.size, &bar);
+                return Ok(());
+            }
+            let file = tmp.join(b.digest.hex());
+            let partial = tmp.join(format!("{}.partial", b.digest.hex()));
+            // Half the bar for the download, half for the upload would mislead: the bar
+            // follows the download; the upload is reported when done.
+            src.download(&b.digest, &partial, &file, &tick).await?;
+            let result = dst.upload(&b.digest, b.size, &file, None, &|_| {}).await;
+            let _ = std::fs::remove_file(&file);
+            result?;
+            sent.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(b.size, Ordering::Relaxed);
+            rep.done("copied", &b.digest, b.size, &bar);
+            Ok::<_, Error>(())
+        }
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    rep.finish();
+    let n = tree.manifests.len();
+    for (i, (d, body)) in tree.manifests.iter().enumerate() {
+        let reference = if i + 1 == n {
+            dst_ref.to_owned()
+        } else {
+            d.digest.to_string()
+        };
+        dst.put_manifest(&reference, body, &d.media_type).await?;
+    }
+    let (root, _) = top(&tree);
+    Ok(Summary {
+        digest: root.digest.to_string(),
+        media_type: root.media_type.clone(),
+        blobs: tree.blobs.len(),
+        transferred: sent.into_inner(),
+        skipped: skipped.into_inner(),
+        mounted: mounted.into_inner(),
+        bytes: bytes.into_inner(),
+    })
+}
