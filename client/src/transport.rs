@@ -109,7 +109,21 @@ impl Transport {
         credential: Option<Credential>,
         opts: &Options,
     ) -> Result<Transport> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        // docker's per-registry CAs: /etc/docker/certs.d/<host:port>/*.crt.
+        let certs = std::path::Path::new("/etc/docker/certs.d").join(registry);
+        if let Ok(entries) = std::fs::read_dir(&certs) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "crt") {
+                    match std::fs::read(&p).map(|pem| reqwest::Certificate::from_pem(&pem)) {
+                        Ok(Ok(c)) => builder = builder.add_root_certificate(c),
+                        _ => tracing::warn!(path = %p.display(), "ignoring an unreadable CA certificate"),
+                    }
+                }
+            }
+        }
+        let client = builder
             .danger_accept_invalid_certs(opts.insecure)
             .redirect(reqwest::redirect::Policy::limited(5))
             .connect_timeout(Duration::from_secs(15))
@@ -242,10 +256,9 @@ impl Transport {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self
-                .client
-                .request(method.clone(), self.url(path))
-                .headers(headers.clone());
+            let url = self.url(path);
+            let used_https = url.starts_with("https://");
+            let mut req = self.client.request(method.clone(), url).headers(headers.clone());
             if let Some(h) = self.auth_header(scope) {
                 req = req.header(AUTHORIZATION, h);
             }
@@ -289,13 +302,17 @@ impl Transport {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Ok(r) => return Ok(r),
-                Err(e)
-                    if (e.is_connect() || e.is_timeout())
-                        && attempt == 1
-                        && !self.scheme_fixed
-                        && self.base().starts_with("https://") =>
-                {
+                Err(e) if is_certificate_error(&e) => {
+                    return Err(Error::Network {
+                        registry: self.registry.clone(),
+                        message: format!(
+                            "{e:#}: the registry's TLS certificate is not trusted; add its CA to the system store, or pass --insecure"
+                        ),
+                    })
+                }
+                Err(e) if (e.is_connect() || e.is_timeout()) && used_https && !self.scheme_fixed => {
                     // A loopback registry that does not speak TLS: plain HTTP, as docker does.
+                    // (Concurrent requests may all land here; the first one switches.)
                     if let Ok(mut b) = self.base.lock() {
                         *b = b.replacen("https://", "http://", 1);
                     }
@@ -321,6 +338,20 @@ impl Transport {
         let body = r.bytes().await.unwrap_or_default();
         error_of(&self.registry, status, &body)
     }
+}
+
+/// Whether the server spoke TLS but its certificate was refused: not a reason to fall back
+/// to plain HTTP.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("unknownissuer") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -19,6 +19,9 @@
 //!   keep-alive connections for a fixed time (`--smoke`: 1 and 4, briefly): requests per second
 //!   and p50/p99 latency. The load generator shares the machine's 2 cores with the server, as
 //!   it does for the peer.
+//! - `client`: push and pull of a generated 3-layer image of ~600 MB (`--smoke`: ~3 MB)
+//!   between an OCI layout and Berth, `berth` against `skopeo copy` (the peer column), same
+//!   registry, same layout, new repositories each run.
 //! - `auth-cost`: the same manifest GET at c=16 against Berth with `--auth none`, `basic` and
 //!   `token` (a signed-in user; the token fetched once, as clients do), Berth only: what
 //!   authentication costs per request.
@@ -39,7 +42,7 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-put, blob-get, manifest-get, auth-cost.
+    /// Run only these workloads (repeatable): blob-put, blob-get, manifest-get, client, auth-cost.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -266,6 +269,144 @@ async fn blob_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure
         }
     }
     Ok(vec![time, rate])
+}
+
+/// A tar archive holding one file `name` with `data` (ustar, by hand: the layout needs valid
+/// layers, and a tar library would be a dependency for 20 lines).
+fn tar_one(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+/// Writes an OCI layout at `dir` with one image tagged `1` of `layers` layers of `each` bytes.
+fn make_layout(dir: &std::path::Path, layers: usize, each: usize) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let put = |bytes: &[u8]| -> Result<(String, usize)> {
+        let d = berth_oci::Digest::of(bytes);
+        std::fs::write(blobs.join(d.hex()), bytes)?;
+        Ok((d.to_string(), bytes.len()))
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for i in 0..layers {
+        let tar = tar_one(&format!("layer{i}.bin"), &generate(each, 1000 + i as u64));
+        let (d, n) = put(&tar)?;
+        diff_ids.push(d.clone());
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (cd, cn) = put(config.to_string().as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": berth_oci::media::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+        "layers": descs,
+    });
+    let (md, mn) = put(manifest.to_string().as_bytes())?;
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": berth_oci::media::OCI_MANIFEST, "digest": md, "size": mn,
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]});
+    std::fs::write(dir.join("index.json"), index.to_string())?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}
+
+fn timed(cmd: &mut std::process::Command) -> Result<f64> {
+    let started = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(secs)
+}
+
+async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<Figure>> {
+    let (layers, each, label) = if cli.smoke {
+        (3, 1 << 20, "3 MB")
+    } else {
+        (3, 200 << 20, "600 MB")
+    };
+    let layout = dir.join("client-layout");
+    make_layout(&layout, layers, each)?;
+    let bin = sibling_bin("berth")?;
+    let mut push = Figure::new(format!("push {label} 3 layers, berth vs skopeo (s)"), "s", true);
+    let mut pull = Figure::new(format!("pull {label} 3 layers, berth vs skopeo (s)"), "s", true);
+    for run in 0..cli.runs {
+        let (rb, rs) = (
+            format!("{}/bench/client-b{run}:1", berth.addr),
+            format!("{}/bench/client-s{run}:1", berth.addr),
+        );
+        let (ob, os) = (dir.join(format!("pull-b{run}")), dir.join(format!("pull-s{run}")));
+        let berth_push = || {
+            timed(
+                std::process::Command::new(&bin)
+                    .args(["--quiet", "push"])
+                    .arg(&layout)
+                    .arg(&rb),
+            )
+        };
+        let skopeo_push = || {
+            timed(
+                std::process::Command::new("skopeo")
+                    .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                    .arg(format!("oci:{}:1", layout.display()))
+                    .arg(format!("docker://{rs}")),
+            )
+        };
+        let berth_pull = || {
+            timed(
+                std::process::Command::new(&bin)
+                    .args(["--quiet", "pull", &rb, "--to"])
+                    .arg(&ob),
+            )
+        };
+        let skopeo_pull = || {
+            timed(
+                std::process::Command::new("skopeo")
+                    .args(["copy", "--quiet", "--src-tls-verify=false"])
+                    .arg(format!("docker://{rs}"))
+                    .arg(format!("oci:{}:1", os.display())),
+            )
+        };
+        settle(true)?;
+        if run % 2 == 0 {
+            push.berth.push(berth_push()?);
+            push.peer.push(skopeo_push()?);
+            pull.berth.push(berth_pull()?);
+            pull.peer.push(skopeo_pull()?);
+        } else {
+            push.peer.push(skopeo_push()?);
+            push.berth.push(berth_push()?);
+            pull.peer.push(skopeo_pull()?);
+            pull.berth.push(berth_pull()?);
+        }
+        let _ = std::fs::remove_dir_all(&ob);
+        let _ = std::fs::remove_dir_all(&os);
+    }
+    Ok(vec![push, pull])
 }
 
 /// Pushes a small image (config, one layer, manifest tagged `v1`) and returns the manifest URL.
@@ -565,7 +706,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    const WORKLOADS: [&str; 4] = ["blob-put", "blob-get", "manifest-get", "auth-cost"];
+    const WORKLOADS: [&str; 5] = ["blob-put", "blob-get", "manifest-get", "client", "auth-cost"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
@@ -584,6 +725,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if want("blob-get") {
         figs.extend(blob_get(&cli, &berth, &peer).await?);
+    }
+    if want("client") {
+        figs.extend(client(&cli, dir.path(), &berth).await?);
     }
     if want("manifest-get") {
         figs.extend(manifest_get(&cli, &berth, &peer).await?);
