@@ -14,7 +14,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 /// Blobs up to this size go in one PUT; larger ones in chunks of this size, each resumable.
-pub const CHUNK: u64 = 64 * 1024 * 1024;
+/// Large on purpose: a registry stores each chunk as a part and must concatenate the parts
+/// when the upload finishes (a server-side copy of the whole blob), so chunks are worth their
+/// cost only where a retry of the whole blob would cost more.
+pub const CHUNK: u64 = 512 * 1024 * 1024;
 
 /// A manifest as fetched.
 #[derive(Debug, Clone)]

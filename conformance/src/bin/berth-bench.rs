@@ -293,8 +293,9 @@ fn tar_one(name: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes an OCI layout at `dir` with one image tagged `1` of `layers` layers of `each` bytes.
-fn make_layout(dir: &std::path::Path, layers: usize, each: usize) -> Result<()> {
+/// Writes an OCI layout at `dir` with one image tagged `1` of `layers` layers of `each` bytes,
+/// content chosen by `seed`.
+fn make_layout(dir: &std::path::Path, layers: usize, each: usize, seed: u64) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> Result<(String, usize)> {
@@ -305,7 +306,7 @@ fn make_layout(dir: &std::path::Path, layers: usize, each: usize) -> Result<()> 
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for i in 0..layers {
-        let tar = tar_one(&format!("layer{i}.bin"), &generate(each, 1000 + i as u64));
+        let tar = tar_one(&format!("layer{i}.bin"), &generate(each, seed * 1000 + i as u64));
         let (d, n) = put(&tar)?;
         diff_ids.push(d.clone());
         descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}));
@@ -349,12 +350,16 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
     } else {
         (3, 200 << 20, "600 MB")
     };
-    let layout = dir.join("client-layout");
-    make_layout(&layout, layers, each)?;
     let bin = sibling_bin("berth")?;
     let mut push = Figure::new(format!("push {label} 3 layers, berth vs skopeo (s)"), "s", true);
     let mut pull = Figure::new(format!("pull {label} 3 layers, berth vs skopeo (s)"), "s", true);
     for run in 0..cli.runs {
+        // New content every run, pushed by each tool to a repository of its own: neither can
+        // skip or mount a blob the other (or an earlier run) already sent; skopeo's blob-info
+        // cache would otherwise turn its push into mounts.
+        let (lb, ls) = (dir.join(format!("layout-b{run}")), dir.join(format!("layout-s{run}")));
+        make_layout(&lb, layers, each, 2 * run as u64 + 1)?;
+        make_layout(&ls, layers, each, 2 * run as u64 + 2)?;
         let (rb, rs) = (
             format!("{}/bench/client-b{run}:1", berth.addr),
             format!("{}/bench/client-s{run}:1", berth.addr),
@@ -364,7 +369,7 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
             timed(
                 std::process::Command::new(&bin)
                     .args(["--quiet", "push"])
-                    .arg(&layout)
+                    .arg(&lb)
                     .arg(&rb),
             )
         };
@@ -372,7 +377,7 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
             timed(
                 std::process::Command::new("skopeo")
                     .args(["copy", "--quiet", "--dest-tls-verify=false"])
-                    .arg(format!("oci:{}:1", layout.display()))
+                    .arg(format!("oci:{}:1", ls.display()))
                     .arg(format!("docker://{rs}")),
             )
         };
@@ -403,8 +408,9 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
             pull.peer.push(skopeo_pull()?);
             pull.berth.push(berth_pull()?);
         }
-        let _ = std::fs::remove_dir_all(&ob);
-        let _ = std::fs::remove_dir_all(&os);
+        for d in [&ob, &os, &lb, &ls] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
     Ok(vec![push, pull])
 }
