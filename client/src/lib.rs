@@ -7,9 +7,11 @@
 //! - [`registry`]: the distribution API per repository: manifests, resumable blob transfer,
 //!   mounts, tags, catalog.
 //! - [`layout`]: OCI image layouts on disk.
+//! - [`archive`]: docker's `docker save` archives, to and from OCI layouts.
 //! - [`transfer`]: push, pull and copy of whole images, layers in parallel.
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod credentials;
 mod error;
 pub mod layout;

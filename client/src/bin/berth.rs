@@ -1,6 +1,7 @@
 //! `berth`: push, pull and copy container images without a docker daemon; docker-compatible
 //! references and credentials. Exit codes: 0 ok, 1 failure, 2 usage.
 
+use berth_client::archive;
 use berth_client::credentials::{Credential, DockerConfig};
 use berth_client::layout::Layout;
 use berth_client::reference::Reference;
@@ -59,24 +60,33 @@ enum Cmd {
     },
     /// Remove stored credentials.
     Logout { host: String },
-    /// Push an image from an OCI image layout.
+    /// Push an image from an OCI image layout (`push DIR REF`) or a `docker save` archive
+    /// (`push --docker-archive FILE REF`).
     Push {
-        /// OCI image layout directory.
-        dir: PathBuf,
-        /// Destination reference (host[:port]/repo[:tag]).
-        reference: String,
-        /// Which manifest of the layout (its org.opencontainers.image.ref.name).
+        /// DIR REF, or REF with --docker-archive.
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// A `docker save` archive to push instead of a layout.
+        #[arg(long)]
+        docker_archive: Option<PathBuf>,
+        /// Which manifest of the layout (its org.opencontainers.image.ref.name), or which
+        /// image of the archive (a RepoTags entry).
         #[arg(long)]
         tag: Option<String>,
     },
-    /// Pull an image into an OCI image layout.
+    /// Pull an image into an OCI image layout (`--to DIR`) or a `docker load` archive
+    /// (`--docker-archive FILE`).
     Pull {
         /// Source reference.
         reference: String,
         /// OCI image layout directory (created if needed).
+        #[arg(long, required_unless_present = "docker_archive", conflicts_with = "docker_archive")]
+        to: Option<PathBuf>,
+        /// Write a tar that `docker load` reads.
         #[arg(long)]
-        to: PathBuf,
-        /// Only this platform of a multi-platform image (os/arch[/variant]).
+        docker_archive: Option<PathBuf>,
+        /// Only this platform of a multi-platform image (os/arch[/variant]); archives default
+        /// to this machine's.
         #[arg(long)]
         platform: Option<String>,
     },
@@ -249,11 +259,39 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             );
         }
-        Cmd::Push { dir, reference, tag } => {
+        Cmd::Push {
+            args,
+            docker_archive,
+            tag,
+        } => {
+            let (dir, reference, _tmp) = match (&docker_archive, args.as_slice()) {
+                (Some(file), [reference]) => {
+                    let tmp = TempDir::new()?;
+                    let layout = Layout::create(&tmp.0)?;
+                    archive::import(file, tag.as_deref(), &layout, "import")?;
+                    (tmp.0.clone(), reference.clone(), Some(tmp))
+                }
+                (None, [dir, reference]) => (PathBuf::from(dir), reference.clone(), None),
+                (Some(_), _) => {
+                    return Err(Error::Usage(
+                        "with --docker-archive FILE give only the destination REF".into(),
+                    ))
+                }
+                (None, _) => {
+                    return Err(Error::Usage(
+                        "usage: berth push DIR REF, or berth push --docker-archive FILE REF".into(),
+                    ))
+                }
+            };
             let r = parse_ref(&reference)?;
             let layout = Layout::open(&dir)?;
             let dst = repo(&r, &g)?;
-            let s = transfer::push(&layout, tag.as_deref(), &dst, &r.reference(), g.jobs, show).await?;
+            let pick = if docker_archive.is_some() {
+                Some("import")
+            } else {
+                tag.as_deref()
+            };
+            let s = transfer::push(&layout, pick, &dst, &r.reference(), g.jobs, show).await?;
             let text = format!(
                 "{r}: digest: {} ({} blobs, {} pushed, {} existed)",
                 s.digest, s.blobs, s.transferred, s.skipped
@@ -263,19 +301,43 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Pull {
             reference,
             to,
+            docker_archive,
             platform,
         } => {
             let r = parse_ref(&reference)?;
             let src = repo(&r, &g)?;
-            let layout = Layout::create(&to)?;
             let tag = r.tag.clone().unwrap_or_else(|| r.reference());
+            let (dir, tmp) = match (&to, &docker_archive) {
+                (Some(d), _) => (d.clone(), None),
+                (None, _) => {
+                    let t = TempDir::new()?;
+                    (t.0.clone(), Some(t))
+                }
+            };
+            let platform = match (&platform, &docker_archive) {
+                (None, Some(_)) => Some(host_platform()),
+                (p, _) => p.clone(),
+            };
+            let layout = Layout::create(&dir)?;
             let s = transfer::pull(&src, &r.reference(), &layout, &tag, platform.as_deref(), g.jobs, show).await?;
+            let target = match &docker_archive {
+                Some(file) => {
+                    let desc = layout.find(Some(&tag))?;
+                    let repo_tag = format!(
+                        "{}/{}:{}",
+                        r.registry,
+                        r.repository,
+                        r.tag.clone().unwrap_or_else(|| "latest".into())
+                    );
+                    archive::export(&layout, &desc, &repo_tag, file)?;
+                    file.display().to_string()
+                }
+                None => dir.display().to_string(),
+            };
+            drop(tmp);
             let text = format!(
-                "{r}: digest: {} → {} ({} blobs, {} pulled)",
-                s.digest,
-                to.display(),
-                s.blobs,
-                s.transferred
+                "{r}: digest: {} → {target} ({} blobs, {} pulled)",
+                s.digest, s.blobs, s.transferred
             );
             out(&g, serde_json::to_value(&s).unwrap_or_default(), &text);
         }
@@ -441,6 +503,32 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        Ok(TempDir(tempfile_in_temp()?))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// This machine's platform in OCI terms.
+fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    format!("linux/{arch}")
 }
 
 fn tempfile_in_temp() -> Result<PathBuf> {
