@@ -48,6 +48,8 @@ pub struct Repo {
     pub t: Arc<Transport>,
     /// Repository name.
     pub name: String,
+    /// Upload chunk size: blobs up to it go in one PUT (default [`CHUNK`]).
+    pub chunk: u64,
 }
 
 fn accept_all() -> HeaderMap {
@@ -93,6 +95,7 @@ impl Repo {
         Repo {
             t,
             name: name.to_owned(),
+            chunk: CHUNK,
         }
     }
 
@@ -159,6 +162,16 @@ impl Repo {
             .t
             .send(Method::HEAD, &path, &self.pull_scope(), accept_all(), None)
             .await?;
+        if r.status() == StatusCode::NOT_FOUND {
+            // A HEAD answer has no body to name what is missing: say it here.
+            return Err(Error::Registry {
+                registry: self.t.registry.clone(),
+                status: 404,
+                code: "MANIFEST_UNKNOWN".into(),
+                message: format!("{}:{reference} not found", self.name),
+                hint: String::new(),
+            });
+        }
         if r.status() != StatusCode::OK {
             return Err(self.t.fail(r).await);
         }
@@ -356,7 +369,7 @@ impl Repo {
             let sep = if loc.contains('?') { '&' } else { '?' };
             format!("{loc}{sep}digest={d}")
         };
-        if size <= CHUNK {
+        if size <= self.chunk {
             let mut h = HeaderMap::new();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             h.insert(CONTENT_LENGTH, HeaderValue::from(size));
@@ -375,7 +388,7 @@ impl Repo {
         let mut offset = 0u64;
         let mut failures = 0;
         while offset < size {
-            let len = CHUNK.min(size - offset);
+            let len = self.chunk.min(size - offset);
             let mut h = HeaderMap::new();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             h.insert(CONTENT_LENGTH, HeaderValue::from(len));

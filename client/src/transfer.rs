@@ -302,7 +302,7 @@ pub async fn pull(
     let total: u64 = missing.iter().map(|b| b.size).sum();
     let rep = Reporter::new(show, total);
     let bytes = std::sync::atomic::AtomicU64::new(0);
-    futures::stream::iter(missing.iter().map(|b| {
+    let downloaded = futures::stream::iter(missing.iter().map(|b| {
         let (rep, bytes) = (&rep, &bytes);
         async move {
             let bar = rep.blob(&b.digest, b.size);
@@ -332,8 +332,15 @@ pub async fn pull(
     }))
     .buffer_unordered(jobs.max(1))
     .try_collect::<Vec<()>>()
-    .await?;
+    .await;
     rep.finish();
+    if let Err(e) = downloaded {
+        // The first failure cancels the other downloads midway: remove what they left.
+        for b in &missing {
+            let _ = std::fs::remove_file(layout.temp_path(&b.digest));
+        }
+        return Err(e);
+    }
     for (_, body) in &tree.manifests {
         layout.write_blob(body)?;
     }

@@ -87,7 +87,7 @@ fn error_of(registry: &str, status: StatusCode, body: &[u8]) -> Error {
     });
     let hint = match status {
         StatusCode::UNAUTHORIZED => format!(" (run `berth login {registry}`)"),
-        StatusCode::FORBIDDEN => " (the account lacks access to this repository)".to_owned(),
+        StatusCode::FORBIDDEN => " (the account lacks this access; ask the registry's admin)".to_owned(),
         StatusCode::TOO_MANY_REQUESTS => " (wait and retry)".to_owned(),
         _ => String::new(),
     };

@@ -43,6 +43,29 @@ struct Global {
     /// Blobs transferred in parallel.
     #[arg(long, global = true, default_value_t = 4)]
     jobs: usize,
+    /// Upload blobs larger than this in resumable chunks of this size (e.g. 64M, for proxies
+    /// that cap request bodies) [default: 512M].
+    #[arg(long, global = true, env = "BERTH_CHUNK_SIZE", value_parser = parse_size)]
+    chunk_size: Option<u64>,
+}
+
+/// A size with an optional K/M/G suffix (binary units).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64M)"))?;
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("{s:?} is not a usable size")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -155,7 +178,14 @@ fn transport(r: &Reference, g: &Global) -> Result<Arc<Transport>> {
 }
 
 fn repo(r: &Reference, g: &Global) -> Result<Repo> {
-    Ok(Repo::new(transport(r, g)?, &r.repository))
+    Ok(with_chunk(Repo::new(transport(r, g)?, &r.repository), g))
+}
+
+fn with_chunk(mut repo: Repo, g: &Global) -> Repo {
+    if let Some(c) = g.chunk_size {
+        repo.chunk = c;
+    }
+    repo
 }
 
 fn out(g: &Global, json: serde_json::Value, text: &str) {
@@ -351,7 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
             let d = parse_ref(&dst)?;
             let from = repo(&s, &g)?;
             let to = if s.registry == d.registry {
-                Repo::new(from.t.clone(), &d.repository)
+                with_chunk(Repo::new(from.t.clone(), &d.repository), &g)
             } else {
                 repo(&d, &g)?
             };
