@@ -426,4 +426,56 @@ mod tests {
         let keys2 = TokenKeys::load_or_create(dir.path(), &trusting).expect("keys");
         assert!(keys2.verify(&other.issue("ext", vec![], 60).expect("issue")).is_ok());
     }
+
+    #[test]
+    fn trusted_issuer_from_jwks() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        // An external auth server's key, published as a JWKS with its own kid.
+        let ext = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let point = ext.public_key_raw(); // 0x04 || X || Y
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "ext-1", "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]});
+        let dir = tempfile::tempdir().expect("tmp");
+        let jwks_file = dir.path().join("jwks.json");
+        std::fs::write(&jwks_file, jwks.to_string()).expect("write");
+        let cfg = AuthConfig {
+            trusted_issuers: vec![TrustedIssuer {
+                issuer: "https://auth.example".into(),
+                public_key: None,
+                jwks: Some(jwks_file),
+            }],
+            ..AuthConfig::default()
+        };
+        let keys = TokenKeys::load_or_create(&dir.path().join("own"), &cfg).expect("keys");
+        let encoding = EncodingKey::from_ec_pem(ext.serialize_pem().as_bytes()).expect("encoding key");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ext-1".into());
+        let n = now();
+        let claims = |iss: &str, aud: &str| Claims {
+            iss: iss.into(),
+            sub: "ci".into(),
+            aud: aud.into(),
+            exp: n + 60,
+            nbf: n - 1,
+            iat: n,
+            jti: "j".into(),
+            access: vec![ResourceActions {
+                kind: "repository".into(),
+                name: "team/app".into(),
+                actions: vec!["pull".into()],
+            }],
+        };
+        let good = jsonwebtoken::encode(&header, &claims("https://auth.example", "berth"), &encoding).expect("sign");
+        assert_eq!(keys.verify(&good).expect("trusted").access.len(), 1);
+        // The same key claiming another issuer, or meant for another service, is refused.
+        let wrong_iss =
+            jsonwebtoken::encode(&header, &claims("https://evil.example", "berth"), &encoding).expect("sign");
+        assert!(keys.verify(&wrong_iss).is_err());
+        let wrong_aud =
+            jsonwebtoken::encode(&header, &claims("https://auth.example", "other"), &encoding).expect("sign");
+        assert!(keys.verify(&wrong_aud).is_err());
+    }
 }
