@@ -330,7 +330,10 @@ fn make_layout(dir: &std::path::Path, layers: usize, each: usize, seed: u64) -> 
     Ok(())
 }
 
+/// Runs `cmd` after flushing dirty pages (untimed), so that no run pays for the writeback of
+/// the one before; returns the seconds it took.
 fn timed(cmd: &mut std::process::Command) -> Result<f64> {
+    std::process::Command::new("sync").status()?;
     let started = Instant::now();
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let secs = started.elapsed().as_secs_f64();
