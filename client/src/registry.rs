@@ -250,7 +250,15 @@ impl Repo {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64> {
         let path = format!("/v2/{}/blobs/{d}", self.name);
-        let mut file = tokio::fs::File::create(partial)
+        // A name of its own for this download (two pulls into one layout must not write one
+        // file), removed if the download fails or is cancelled before its rename.
+        let unique = partial.with_extension(format!("{}.partial", uuid::Uuid::new_v4().simple()));
+        let guard = RemoveOnDrop(Some(unique.clone()));
+        let partial = unique.as_path();
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(partial)
             .await
             .map_err(|e| Error::local(partial, e))?;
         let mut hasher = Sha256::new();
@@ -327,6 +335,7 @@ impl Repo {
         tokio::fs::rename(partial, dest)
             .await
             .map_err(|e| Error::local(dest, e))?;
+        std::mem::forget(guard);
         Ok(written)
     }
 
@@ -473,6 +482,17 @@ impl Repo {
     }
 }
 
+/// Removes a file when dropped (a download that failed or was cancelled midway).
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Every repository (`_catalog`), following `Link` pages.
 pub async fn catalog(t: &Transport) -> Result<Vec<String>> {
     paginate(t, "/v2/_catalog?n=1000", "registry:catalog:*", "repositories").await
@@ -481,7 +501,12 @@ pub async fn catalog(t: &Transport) -> Result<Vec<String>> {
 async fn paginate(t: &Transport, first: &str, scope: &str, key: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut next = Some(first.to_owned());
+    let mut seen = std::collections::HashSet::new();
     while let Some(path) = next.take() {
+        if !seen.insert(path.clone()) {
+            // A registry that links a page to itself (or back) would loop forever.
+            break;
+        }
         let r = t.send(Method::GET, &path, scope, HeaderMap::new(), None).await?;
         if r.status() != StatusCode::OK {
             return Err(t.fail(r).await);

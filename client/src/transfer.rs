@@ -334,13 +334,9 @@ pub async fn pull(
     .try_collect::<Vec<()>>()
     .await;
     rep.finish();
-    if let Err(e) = downloaded {
-        // The first failure cancels the other downloads midway: remove what they left.
-        for b in &missing {
-            let _ = std::fs::remove_file(layout.temp_path(&b.digest));
-        }
-        return Err(e);
-    }
+        // The first failure cancels the other downloads midway; each removes its partial file
+    // when dropped.
+    downloaded?;
     for (_, body) in &tree.manifests {
         layout.write_blob(body)?;
     }

@@ -36,6 +36,7 @@ pub struct Transport {
     tokens: Mutex<HashMap<String, String>>,
     retries: u32,
     scheme_fixed: bool,
+    fell_back: std::sync::atomic::AtomicBool,
 }
 
 /// A challenge's parameters.
@@ -145,6 +146,7 @@ impl Transport {
             retries: opts.retries.max(1),
             // Loopback registries may speak plain HTTP when they do not speak TLS (docker's rule).
             scheme_fixed: opts.plain_http || !loopback,
+            fell_back: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -258,8 +260,11 @@ impl Transport {
             attempt += 1;
             let url = self.url(path);
             let used_https = url.starts_with("https://");
+            // Credentials go only to the registry itself, never to a host a Location or Link
+            // header names.
+            let own = origin(&url) == origin(&self.base());
             let mut req = self.client.request(method.clone(), url).headers(headers.clone());
-            if let Some(h) = self.auth_header(scope) {
+            if let Some(h) = self.auth_header(scope).filter(|_| own) {
                 req = req.header(AUTHORIZATION, h);
             }
             if let Some(b) = body {
@@ -310,7 +315,13 @@ impl Transport {
                         ),
                     })
                 }
-                Err(e) if (e.is_connect() || e.is_timeout()) && used_https && !self.scheme_fixed => {
+                                Err(e)
+                    if (e.is_connect() || e.is_timeout())
+                        && used_https
+                        && !self.scheme_fixed
+                        && !path.starts_with("http")
+                        && !self.fell_back.swap(true, std::sync::atomic::Ordering::Relaxed) =>
+                {
                     // A loopback registry that does not speak TLS: plain HTTP, as docker does.
                     // (Concurrent requests may all land here; the first one switches.)
                     if let Ok(mut b) = self.base.lock() {
@@ -337,6 +348,15 @@ impl Transport {
         let status = r.status();
         let body = r.bytes().await.unwrap_or_default();
         error_of(&self.registry, status, &body)
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for same-origin checks.
+fn origin(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    match url[after..].find('/') {
+        Some(i) => &url[..after + i],
+        None => url,
     }
 }
 
@@ -381,6 +401,8 @@ mod tests {
         let (s, p) = challenge_params(r#"Basic realm="x""#);
         assert_eq!((s.as_str(), p["realm"].as_str()), ("basic", "x"));
         assert_eq!(urlencode("a b:c"), "a%20b%3Ac");
+        assert_eq!(origin("https://h:5000/v2/x?y"), "https://h:5000");
+        assert_eq!(origin("http://h"), "http://h");
     }
 
     #[test]

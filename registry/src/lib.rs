@@ -51,7 +51,9 @@ impl AppState {
         let meta = Meta::connect(&config.database_url()).await?;
         let uploads = Uploads::new(blobs.clone(), meta.clone());
         let mode = Self::auth_mode(&config, &meta).await?;
-        let tls = config.tls.self_signed || config.tls.cert.is_some();
+        // Behind a TLS-terminating proxy (--insecure-http) clients still speak HTTPS: the token
+        // realm advertised to them must say so, or docker would send passwords in clear text.
+        let tls = config.tls.self_signed || config.tls.cert.is_some() || config.tls.insecure_http;
         let auth = auth::Auth::new(mode, config.auth.clone(), meta.clone(), &config.data, tls)?;
         Ok(AppState {
             config: Arc::new(config),

@@ -185,9 +185,11 @@ impl BlobStore {
     /// Makes the staged `parts` (in order) the blob `digest`. The caller has verified the
     /// digest. If the blob already exists the parts are dropped: content addressing makes the
     /// existing bytes identical.
-    pub async fn commit(&self, parts: &[Path], digest: &Digest) -> Result<()> {
+    pub async fn commit(&self, parts: &[Path], digest: &Digest, size: u64) -> Result<()> {
         let key = paths::blob(digest);
-        if self.stat(digest).await?.is_some() {
+        // An existing blob of the wrong size (torn by a crash before its rename reached the
+        // disk) is replaced, not trusted.
+        if self.stat(digest).await? == Some(size) {
             // Removing a large staged file can take a while; the client need not wait for it.
             let this = self.clone();
             let parts = parts.to_vec();
@@ -235,6 +237,26 @@ impl BlobStore {
 
     async fn read_part(&self, part: &Path) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
         Ok(self.store.get(part).await.map_err(Error::backend(part))?.into_stream())
+    }
+
+    /// Checks that every staged part still has the size recorded when it was accepted: after a
+    /// crash a part may come back short, and the saved hash state would not notice.
+    pub async fn check_parts(&self, parts: &[(Path, u64)]) -> Result<()> {
+        for (key, size) in parts {
+            let actual = match self.store.head(key).await {
+                Ok(m) => m.size,
+                Err(object_store::Error::NotFound { .. }) => 0,
+                Err(e) => return Err(Error::backend(key)(e)),
+            };
+            if actual != *size {
+                return Err(Error::UploadDamaged {
+                    key: key.to_string(),
+                    expected: *size,
+                    actual,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Hashes staged parts from storage: the fallback when a saved hash state cannot be used.
@@ -333,7 +355,14 @@ mod tests {
             d
         );
         assert_eq!(s.stat(&d).await.expect("stat"), None);
-        s.commit(&[p1, p2], &d).await.expect("commit");
+        s.check_parts(&[(p1.clone(), 7), (p2.clone(), 5)])
+            .await
+            .expect("parts intact");
+        assert!(
+            s.check_parts(&[(p1.clone(), 8)]).await.is_err(),
+            "a short part is noticed"
+        );
+        s.commit(&[p1, p2], &d, 12).await.expect("commit");
         assert_eq!(s.stat(&d).await.expect("stat"), Some(12));
         assert_eq!(read_all(&s, &d, None).await, data);
         assert_eq!(read_all(&s, &d, Some(7..12)).await, b"world");
@@ -341,9 +370,9 @@ mod tests {
         let p3 = paths::upload_part("s2", 0);
         let mut h = Sha256::new();
         s.write_part(&p3, chunks(&[b"hello, world"]), &mut h).await.expect("p3");
-        s.commit(&[p3], &d).await.expect("recommit");
+        s.commit(&[p3], &d, 12).await.expect("recommit");
         // The empty blob.
-        s.commit(&[], &Digest::empty()).await.expect("empty");
+        s.commit(&[], &Digest::empty(), 0).await.expect("empty");
         assert_eq!(s.stat(&Digest::empty()).await.expect("stat"), Some(0));
         // The duplicate's part is removed in the background: give it a moment.
         let mut left: Vec<_> = Vec::new();

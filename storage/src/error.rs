@@ -97,6 +97,17 @@ pub enum Error {
         /// The transport's message.
         message: String,
     },
+    /// A staged part lost bytes (a crash before they reached the disk): the upload cannot be
+    /// finished; the client must start it again.
+    #[error("staged upload data {key} has {actual} bytes, {expected} were accepted: start the upload again")]
+    UploadDamaged {
+        /// Object key of the part.
+        key: String,
+        /// Size recorded when the chunk was accepted.
+        expected: u64,
+        /// Size found.
+        actual: u64,
+    },
     /// Something with that name exists already.
     #[error("{what} already exists")]
     AlreadyExists {

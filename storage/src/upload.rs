@@ -175,7 +175,9 @@ impl Uploads {
                 actual,
             });
         }
-        self.blobs.commit(&part_keys(&row), digest).await?;
+        let parts: Vec<(Path, u64)> = row.parts.iter().map(|p| (Path::from(p.key.as_str()), p.size)).collect();
+        self.blobs.check_parts(&parts).await?;
+        self.blobs.commit(&part_keys(&row), digest, row.size).await?;
         self.meta.link_blob(repo, digest, row.size).await?;
         self.meta.delete_upload(id).await?;
         Ok(row.size)

@@ -109,6 +109,9 @@ pub struct Auth {
     /// Tokens already verified, by SHA-256 of the token, with their grants and expiry: a
     /// token is immutable, so its ECDSA check need not be repeated on every layer of a pull.
     tokens: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    /// bcrypt checks at a time: each holds a core for ~50 ms, so a flood of logins (names
+    /// varied to dodge the per-name lockout) queues here instead of starving every request.
+    bcrypt_slots: tokio::sync::Semaphore,
 }
 
 /// The answer of the token endpoint.
@@ -183,6 +186,7 @@ impl Auth {
             verified: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            bcrypt_slots: tokio::sync::Semaphore::new(2),
         })
     }
 
@@ -247,6 +251,7 @@ impl Auth {
             }
         }
         let (pw, hash) = (password.to_owned(), account.password_hash.clone());
+        let _slot = self.bcrypt_slots.acquire().await;
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
@@ -302,6 +307,7 @@ impl Auth {
             Some(a) => self.password_ok(a, password).await,
             None => {
                 let pw = password.to_owned();
+                let _slot = self.bcrypt_slots.acquire().await;
                 let _ = tokio::task::spawn_blocking(move || bcrypt::verify(pw, dummy_hash())).await;
                 false
             }
@@ -472,10 +478,14 @@ impl Auth {
         }
         let claims = keys.verify(t)?;
         if let Ok(mut map) = self.tokens.lock() {
-            if map.len() > TABLE_LIMIT {
+            if map.len() >= TABLE_LIMIT {
                 map.retain(|_, (_, exp)| *exp > now);
             }
-            map.insert(key, (claims.access.clone(), claims.exp));
+            // Still full of live tokens (a flood of anonymous ones, say): verify without
+            // remembering rather than grow without bound.
+            if map.len() < TABLE_LIMIT {
+                map.insert(key, (claims.access.clone(), claims.exp));
+            }
         }
         Ok(claims.access)
     }
@@ -536,8 +546,17 @@ impl Auth {
         })
     }
 
+    /// Fingerprint of an account's credentials (see the refresh claims).
+    fn fingerprint(a: &Account) -> String {
+        let mut h = Sha256::new();
+        h.update(a.password_hash.as_bytes());
+        h.update([0]);
+        h.update(a.created_at.to_le_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+
     /// Issues a token for `p` covering `scopes`.
-    pub fn answer(&self, p: &Principal, scopes: &[String], refresh: bool) -> Result<TokenAnswer, AppError> {
+    pub async fn answer(&self, p: &Principal, scopes: &[String], refresh: bool) -> Result<TokenAnswer, AppError> {
         let keys = self.token_keys()?;
         let internal = |e: anyhow::Error| {
             tracing::error!(error = %e, "cannot sign a token");
@@ -552,9 +571,13 @@ impl Auth {
         let ttl = self.config.token_ttl_secs;
         let jwt = keys.issue(p.name(), grants, ttl).map_err(internal)?;
         let refresh_token = match p {
-            Principal::User(n) | Principal::Robot { name: n, .. } if refresh => {
-                Some(keys.issue_refresh(n, self.config.refresh_ttl_secs).map_err(internal)?)
-            }
+            Principal::User(n) | Principal::Robot { name: n, .. } if refresh => match self.meta.account(n).await? {
+                Some(a) => Some(
+                    keys.issue_refresh(n, &Self::fingerprint(&a), self.config.refresh_ttl_secs)
+                        .map_err(internal)?,
+                ),
+                None => None,
+            },
             _ => None,
         };
         Ok(TokenAnswer {
@@ -570,7 +593,7 @@ impl Auth {
     /// The principal behind a refresh token, if its account still exists.
     pub async fn refresh_principal(&self, refresh_token: &str) -> Result<Principal, AppError> {
         let keys = self.token_keys()?;
-        let sub = keys.verify_refresh(refresh_token).map_err(|_| {
+        let (sub, fingerprint) = keys.verify_refresh(refresh_token).map_err(|_| {
             AppError::new(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
@@ -578,7 +601,12 @@ impl Auth {
             )
         })?;
         match self.meta.account(&sub).await? {
-            Some(a) => Ok(Self::principal_of(&a)),
+            Some(a) if Self::fingerprint(&a) == fingerprint => Ok(Self::principal_of(&a)),
+            Some(_) => Err(AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "the password changed since this refresh token was issued: log in again",
+            )),
             None => Err(AppError::new(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",

@@ -32,20 +32,40 @@ pub struct Claims {
     /// Issuer.
     pub iss: String,
     /// Subject: the account name, empty for anonymous.
+    #[serde(default)]
     pub sub: String,
-    /// Audience: the registry's service name.
+    /// Audience: the registry's service name (external issuers may send a list).
+    #[serde(deserialize_with = "one_or_many")]
     pub aud: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
     /// Not before.
+    #[serde(default)]
     pub nbf: u64,
     /// Issued at.
+    #[serde(default)]
     pub iat: u64,
     /// Unique id.
+    #[serde(default)]
     pub jti: String,
     /// What the bearer may do.
     #[serde(default)]
     pub access: Vec<ResourceActions>,
+}
+
+/// An audience given as one string or a list (RFC 7519 allows both); the validation has
+/// already checked that ours is in it, so the first entry stands for it.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Aud::deserialize(d)? {
+        Aud::One(s) => s,
+        Aud::Many(v) => v.into_iter().next().unwrap_or_default(),
+    })
 }
 
 /// Claims of a refresh token (docker's identity token): only who, never what.
@@ -57,6 +77,9 @@ struct RefreshClaims {
     exp: u64,
     iat: u64,
     jti: String,
+    /// Fingerprint of the account's credentials when issued: a changed password (or a
+    /// deleted and re-created account) voids every refresh token issued before.
+    acct: String,
 }
 
 /// A key that verifies tokens of one issuer.
@@ -222,7 +245,7 @@ impl TokenKeys {
     }
 
     /// Signs a refresh token for `sub`.
-    pub fn issue_refresh(&self, sub: &str, ttl: u64) -> anyhow::Result<String> {
+    pub fn issue_refresh(&self, sub: &str, account_fingerprint: &str, ttl: u64) -> anyhow::Result<String> {
         let now = now();
         let claims = RefreshClaims {
             iss: self.issuer.clone(),
@@ -231,17 +254,19 @@ impl TokenKeys {
             exp: now + ttl,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
+            acct: account_fingerprint.to_owned(),
         };
         Ok(jsonwebtoken::encode(&self.header(), &claims, &self.encoding)?)
     }
 
-    /// Verifies a refresh token issued here; returns its subject.
-    pub fn verify_refresh(&self, token: &str) -> anyhow::Result<String> {
+    /// Verifies a refresh token issued here; returns its subject and account fingerprint.
+    pub fn verify_refresh(&self, token: &str) -> anyhow::Result<(String, String)> {
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&[self.refresh_audience()]);
         v.set_issuer(&[&self.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Ok(jsonwebtoken::decode::<RefreshClaims>(token, &self.own, &v)?.claims.sub)
+        let c = jsonwebtoken::decode::<RefreshClaims>(token, &self.own, &v)?.claims;
+        Ok((c.sub, c.acct))
     }
 
     /// Verifies an access token, from this service or a trusted issuer, for this registry's
@@ -406,9 +431,12 @@ mod tests {
             .verify(&other.issue("mallory", vec![], 60).expect("issue"))
             .is_err());
         // A refresh token is not an access token, and the reverse.
-        let r = keys.issue_refresh("alice", 60).expect("refresh");
+        let r = keys.issue_refresh("alice", "fp", 60).expect("refresh");
         assert!(keys.verify(&r).is_err());
-        assert_eq!(keys.verify_refresh(&r).expect("refresh verifies"), "alice");
+        assert_eq!(
+            keys.verify_refresh(&r).expect("refresh verifies"),
+            ("alice".to_owned(), "fp".to_owned())
+        );
         assert!(keys.verify_refresh(&t).is_err());
         // A trusted external issuer's key.
         let pem = std::fs::read_to_string(other_dir.path().join("signing-key.pem")).expect("pem");

@@ -93,6 +93,14 @@ impl From<StoreError> for AppError {
                 Self::new(S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", msg).detail(serde_json::json!({ "digest": digest }))
             }
             StoreError::Body { .. } => Self::new(S::BAD_REQUEST, "BLOB_UPLOAD_INVALID", msg),
+            StoreError::UploadDamaged { .. } => {
+                tracing::error!(error = %msg, "damaged upload");
+                Self::new(
+                    S::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    "the upload's staged data is damaged: start the upload again",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 Self::new(

@@ -129,12 +129,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match (db, store) {
         (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         (db, store) => {
-            let msg = format!(
-                "not ready: database {}, storage {}\n",
-                db.map_or_else(|e| e.to_string(), |_| "ok".into()),
-                store.map_or_else(|e| e.to_string(), |_| "ok".into())
-            );
-            tracing::warn!("{}", msg.trim_end());
+            // Causes go to the log; the probe (often unauthenticated) learns only which part.
+            if let Err(e) = &db {
+                tracing::warn!(error = %e, "not ready: database");
+            }
+            if let Err(e) = &store {
+                tracing::warn!(error = %e, "not ready: storage");
+            }
+            let part = |r: &Result<(), _>| if r.is_ok() { "ok" } else { "fail" };
+            let msg = format!("not ready: database {}, storage {}\n", part(&db), part(&store));
             (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
         }
     }

@@ -59,7 +59,7 @@ pub(super) async fn get(State(state): State<AppState>, req: Request) -> Response
             Some((u, pw)) => state.auth.login(&u, &pw, ip).await?,
             None => Principal::Anonymous,
         };
-        state.auth.answer(&p, &scopes, offline)
+        state.auth.answer(&p, &scopes, offline).await
     };
     match run.await {
         Ok(a) => no_store(a),
@@ -102,7 +102,7 @@ pub(super) async fn post(State(state): State<AppState>, req: Request) -> Respons
                 ))
             }
         };
-        let mut answer = state.auth.answer(&p, &scopes, refresh)?;
+        let mut answer = state.auth.answer(&p, &scopes, refresh).await?;
         if field("grant_type") == "refresh_token" {
             // The client keeps using the refresh token it has.
             answer.refresh_token = Some(field("refresh_token").to_owned());

@@ -76,14 +76,6 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, AppError> {
     }
 }
 
-/// Whether the request carries a body at all: a length above zero, or chunked transfer.
-fn has_body(h: &HeaderMap) -> Result<bool, AppError> {
-    Ok(match content_length(h)? {
-        Some(n) => n > 0,
-        None => h.contains_key(header::TRANSFER_ENCODING),
-    })
-}
-
 /// The chunk's constraints from `Content-Range: <start>-<end>` (inclusive; `bytes ` prefix
 /// and `/total` suffix tolerated) and `Content-Length`.
 fn chunk_check(h: &HeaderMap) -> Result<ChunkCheck, AppError> {
@@ -107,7 +99,7 @@ fn chunk_check(h: &HeaderMap) -> Result<ChunkCheck, AppError> {
     if end < start {
         return Err(bad());
     }
-    let range_len = end - start + 1;
+    let range_len = end.checked_sub(start).and_then(|d| d.checked_add(1)).ok_or_else(bad)?;
     if let Some(l) = len {
         if l != range_len {
             return Err(AppError::new(
@@ -182,11 +174,9 @@ pub(super) async fn put(state: &AppState, name: &str, id: &str, req: Request) ->
     })?;
     let digest = parse_digest(digest)?;
     let check = chunk_check(req.headers())?;
-    let body = if has_body(req.headers())? {
-        Some(req.into_body().into_data_stream())
-    } else {
-        None
-    };
+    // Always read the body: over HTTP/2 a body need not announce itself with Content-Length
+    // or Transfer-Encoding, and an empty one appends nothing.
+    let body = Some(req.into_body().into_data_stream());
     let size = state.uploads.finish(name, id, &digest, check, body).await?;
     tracing::info!(%digest, size, "blob stored");
     Ok(created(name, &digest))
