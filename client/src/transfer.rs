@@ -334,7 +334,7 @@ pub async fn pull(
     .try_collect::<Vec<()>>()
     .await;
     rep.finish();
-        // The first failure cancels the other downloads midway; each removes its partial file
+    // The first failure cancels the other downloads midway; each removes its partial file
     // when dropped.
     downloaded?;
     for (_, body) in &tree.manifests {

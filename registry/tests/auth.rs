@@ -1023,3 +1023,51 @@ fn conformance_passes_with_token_auth() {
 fn conformance_passes_with_basic_auth() {
     conformance_with_admin(&start_registry(Mode::Basic, 1000));
 }
+
+/// docker keeps the refresh token (its identity token) for weeks: changing the password must
+/// void it, or a leaked one would outlive the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_tokens_die_with_the_password() {
+    let r = start_registry(Mode::Token, 5);
+    let client = reqwest::Client::new();
+    let url = r.reg.url();
+    let first = client
+        .get(format!(
+            "{url}/token?service=berth&offline_token=true&scope=repository:team/app:pull"
+        ))
+        .header("authorization", basic_header("alice", ALICE_PW))
+        .send()
+        .await
+        .expect("GET /token");
+    assert_eq!(first.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&first.bytes().await.expect("body")).expect("json");
+    let refresh = body["refresh_token"].as_str().expect("a refresh token").to_owned();
+    let exchange = |refresh: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(format!("{url}/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=refresh_token&service=berth&scope=repository:team/app:pull&refresh_token={refresh}"
+                ))
+                .send()
+                .await
+                .expect("POST /token")
+                .status()
+        }
+    };
+    assert_eq!(exchange(refresh.clone()).await, 200, "a fresh refresh token works");
+    run_with_stdin(
+        Command::new(registry_bin())
+            .args(["user", "passwd", "alice", "--password-stdin", "--data"])
+            .arg(r.reg.data.as_path()),
+        "a-new-password-9f3k\n",
+    );
+    assert_eq!(
+        exchange(refresh).await,
+        401,
+        "the old refresh token must die with the old password"
+    );
+}
