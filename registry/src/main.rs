@@ -47,6 +47,11 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Apply pending database migrations and exit (`serve` also applies them on start).
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,14 +236,33 @@ async fn main() -> std::process::ExitCode {
         None => serve(cli.serve).await,
         Some(Cmd::User { cmd, store }) => user(cmd, store).await,
         Some(Cmd::Robot { cmd, store }) => robot(cmd, store).await,
+        Some(Cmd::Migrate { store }) => store.open().await.map(|meta| {
+            println!("database is up to date ({:?})", meta.dialect());
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("berth-registry: {e:#}");
+            eprintln!("berth-registry: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once (a cause's text is often already part
+/// of the message above it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

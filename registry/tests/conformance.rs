@@ -80,6 +80,23 @@ fn berth_passes_every_check() {
     assert!(again.ok, "second run:\n{}", again.output);
 }
 
+/// The same registry with its metadata in PostgreSQL (the replicas' configuration) passes the
+/// same checks, twice (the second run meets the first run's rows).
+#[test]
+fn berth_on_postgres_passes_every_check() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(url) = rt.block_on(berth_storage::testing::fresh_postgres()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let reg = start_with(&tmp.path().join("data"), &["--database", &url]);
+    for run in 1..=2 {
+        let o = conformance(&reg.url());
+        assert!(o.ok && o.failed.is_empty(), "run {run} on PostgreSQL:\n{}", o.output);
+        assert!(o.passed.len() >= 40, "too few checks ran:\n{}", o.output);
+    }
+}
+
 #[test]
 fn reference_registry_fails_only_its_known_gaps() {
     if !require("docker-registry") {

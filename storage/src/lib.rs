@@ -23,6 +23,8 @@ mod error;
 pub mod hashstate;
 pub mod meta;
 pub mod paths;
+#[doc(hidden)]
+pub mod testing;
 pub mod upload;
 
 pub use blob::{BlobRead, BlobStore};

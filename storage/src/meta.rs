@@ -11,19 +11,45 @@
 use crate::error::{Error, Result};
 use berth_oci::manifest::ParsedManifest;
 use berth_oci::{Descriptor, Digest};
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Executor as _, Row};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-/// The embedded migrations, in order. Built by hand from `include_str!` rather than with
-/// `sqlx::migrate!`, which would pull sqlx's proc-macro stack into every build.
-fn migrator() -> Migrator {
+/// Which SQL database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `sqlite:` URLs.
+    Sqlite,
+    /// `postgres:` / `postgresql:` URLs.
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect of a database URL.
+    pub fn of(url: &str) -> Result<Dialect> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(Error::Database {
+                op: "choosing the database",
+                source: sqlx::Error::Configuration(
+                    format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://USER@HOST/DB").into(),
+                ),
+            })
+        }
+    }
+}
+
+/// The embedded migrations of a dialect, in order. Built by hand from `include_str!` rather
+/// than with `sqlx::migrate!`, which would pull sqlx's proc-macro stack into every build.
+fn migrator(dialect: Dialect) -> Migrator {
     let m = |version, description, sql| {
         Migration::new(
             version,
@@ -33,13 +59,29 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator {
-        migrations: Cow::Owned(vec![
+    let migrations = match dialect {
+        Dialect::Sqlite => vec![
             m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             m(2, "users", include_str!("../../migrations/sqlite/0002_users.sql")),
-        ]),
+        ],
+        Dialect::Postgres => vec![
+            m(1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+            m(2, "users", include_str!("../../migrations/postgres/0002_users.sql")),
+        ],
+    };
+    Migrator {
+        migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
     }
+}
+
+/// A SQLite URL with `mode` set (`rwc`: create the file if missing; `ro`), unless in memory.
+fn sqlite_url(url: &str, mode: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode={mode}")
 }
 
 fn now() -> i64 {
@@ -107,42 +149,69 @@ pub struct UploadRow {
 /// The metadata repository.
 #[derive(Clone)]
 pub struct Meta {
-    read: SqlitePool,
-    write: SqlitePool,
+    read: AnyPool,
+    write: AnyPool,
+    dialect: Dialect,
 }
 
 impl Meta {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
-    /// and applies pending migrations.
+    /// Opens (creating if needed) the database at `url` (`sqlite://path`, `sqlite::memory:` or
+    /// `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(Error::db("parsing the database URL"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(false);
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await
-            .map_err(Error::db("opening the database"))?;
-        migrator().run(&write).await.map_err(|e| Error::Database {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of(url)?;
+        // SQLite settings for every new connection: the writer turns on WAL (so readers run
+        // beside it) with NORMAL sync (consistent, durable at checkpoints); all wait when
+        // busy instead of failing at once.
+        let open = |max: u32, url: String, pragmas: &'static str| async move {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if !pragmas.is_empty() {
+                            conn.execute(pragmas).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+                .map_err(Error::db("opening the database"))
+        };
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                open(
+                    1,
+                    sqlite_url(url, "rwc"),
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                )
+                .await?
+            }
+            Dialect::Postgres => open(16, url.to_owned(), "").await?,
+        };
+        migrator(dialect).run(&pool).await.map_err(|e| Error::Database {
             op: "applying migrations",
             source: e.into(),
         })?;
-        // An in-memory database exists per connection: readers must share the writer's.
-        let read = if memory {
-            write.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(opts.read_only(true))
-                .await
-                .map_err(Error::db("opening the database for reading"))?
+        // One writer for SQLite (an in-memory database exists per connection, so it reads
+        // through the writer too); PostgreSQL's pool serves both.
+        let read = match dialect {
+            Dialect::Sqlite if !url.contains(":memory:") => {
+                open(8, sqlite_url(url, "ro"), "PRAGMA busy_timeout = 10000;").await?
+            }
+            _ => pool.clone(),
         };
-        Ok(Meta { read, write })
+        Ok(Meta {
+            read,
+            write: pool,
+            dialect,
+        })
+    }
+
+    /// The database in use.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Checks the database answers (readiness).
@@ -269,11 +338,11 @@ impl Meta {
         // Blobs must be linked into the repository; index children must be manifests in it.
         let checks = [
             (
-                "SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
+                "SELECT CAST(1 AS BIGINT) FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
                 &parsed.blobs,
             ),
             (
-                "SELECT 1 FROM manifests WHERE repo_id = $1 AND digest = $2",
+                "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repo_id = $1 AND digest = $2",
                 &parsed.manifests,
             ),
         ];
@@ -356,26 +425,26 @@ impl Meta {
         };
         let (sql, key) = match (&reference, with_content) {
             (Reference::Tag(t), true) => (
-                "SELECT m.digest, m.media_type, m.content, LENGTH(m.content) FROM tags t \
+                "SELECT m.digest, m.media_type, m.content, CAST(LENGTH(m.content) AS BIGINT) FROM tags t \
                  JOIN repositories r ON r.id = t.repo_id \
                  JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
                  WHERE r.name = $1 AND t.name = $2",
                 (*t).to_owned(),
             ),
             (Reference::Tag(t), false) => (
-                "SELECT m.digest, m.media_type, NULL, LENGTH(m.content) FROM tags t \
+                "SELECT m.digest, m.media_type, NULL, CAST(LENGTH(m.content) AS BIGINT) FROM tags t \
                  JOIN repositories r ON r.id = t.repo_id \
                  JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
                  WHERE r.name = $1 AND t.name = $2",
                 (*t).to_owned(),
             ),
             (Reference::Digest(d), true) => (
-                "SELECT m.digest, m.media_type, m.content, LENGTH(m.content) FROM manifests m \
+                "SELECT m.digest, m.media_type, m.content, CAST(LENGTH(m.content) AS BIGINT) FROM manifests m \
                  JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND m.digest = $2",
                 d.to_string(),
             ),
             (Reference::Digest(d), false) => (
-                "SELECT m.digest, m.media_type, NULL, LENGTH(m.content) FROM manifests m \
+                "SELECT m.digest, m.media_type, NULL, CAST(LENGTH(m.content) AS BIGINT) FROM manifests m \
                  JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND m.digest = $2",
                 d.to_string(),
             ),
@@ -482,9 +551,9 @@ impl Meta {
     /// Manifests in `repo` whose subject is `digest`, optionally of one artifact type.
     pub async fn referrers(&self, repo: &str, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
         let rows = sqlx::query(
-            "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, LENGTH(m.content) FROM manifests m \
+            "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, CAST(LENGTH(m.content) AS BIGINT) FROM manifests m \
              JOIN repositories r ON r.id = m.repo_id \
-             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) ORDER BY m.digest",
+             WHERE r.name = $1 AND m.subject = $2 AND (CAST($3 AS TEXT) IS NULL OR m.artifact_type = CAST($3 AS TEXT)) ORDER BY m.digest",
         )
         .bind(repo)
         .bind(digest.to_string())
@@ -668,7 +737,7 @@ impl Meta {
     }
 }
 
-fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Account> {
+fn account_from_row(r: &AnyRow) -> Result<Account> {
     let e = || Error::db("reading an account");
     Ok(Account {
         name: r.try_get(0).map_err(e())?,
@@ -686,7 +755,12 @@ mod tests {
 
     #[tokio::test]
     async fn manifests_tags_and_referrers() {
-        let meta = Meta::connect("sqlite::memory:").await.expect("db");
+        for (_, meta) in crate::testing::metas().await {
+            manifests_tags_and_referrers_on(meta).await;
+        }
+    }
+
+    async fn manifests_tags_and_referrers_on(meta: Meta) {
         let cfg = Digest::of(b"{}");
         let body = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cfg}","size":2}},"layers":[]}}"#
@@ -736,7 +810,12 @@ mod tests {
 
     #[tokio::test]
     async fn accounts() {
-        let meta = Meta::connect("sqlite::memory:").await.expect("db");
+        for (_, meta) in crate::testing::metas().await {
+            accounts_on(meta).await;
+        }
+    }
+
+    async fn accounts_on(meta: Meta) {
         let a = Account {
             name: "alice".into(),
             kind: "user".into(),

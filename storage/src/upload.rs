@@ -209,15 +209,24 @@ mod tests {
         stream::iter(vec![Ok(Bytes::from_static(b))])
     }
 
-    async fn setup() -> (Uploads, Meta, BlobStore) {
-        let meta = Meta::connect("sqlite::memory:").await.expect("db");
-        let blobs = BlobStore::new(Arc::new(InMemory::new()));
-        (Uploads::new(blobs.clone(), meta.clone()), meta, blobs)
+    /// One setup per metadata backend (SQLite, and PostgreSQL when configured).
+    async fn setups() -> Vec<(Uploads, Meta, BlobStore)> {
+        let mut out = Vec::new();
+        for (_, meta) in crate::testing::metas().await {
+            let blobs = BlobStore::new(Arc::new(InMemory::new()));
+            out.push((Uploads::new(blobs.clone(), meta.clone()), meta, blobs));
+        }
+        out
     }
 
     #[tokio::test]
     async fn chunked_upload_survives_lost_hash_state() {
-        let (up, meta, blobs) = setup().await;
+        for (up, meta, blobs) in setups().await {
+            chunked_upload_survives_lost_hash_state_on(up, meta, blobs).await;
+        }
+    }
+
+    async fn chunked_upload_survives_lost_hash_state_on(up: Uploads, meta: Meta, blobs: BlobStore) {
         let u = up.start("r").await.expect("start");
         up.append(
             "r",
@@ -269,7 +278,12 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_are_per_repository_and_cancel_cleans_up() {
-        let (up, _meta, _blobs) = setup().await;
+        for (up, _, _) in setups().await {
+            sessions_are_per_repository_and_cancel_cleans_up_on(up).await;
+        }
+    }
+
+    async fn sessions_are_per_repository_and_cancel_cleans_up_on(up: Uploads) {
         let u = up.start("r").await.expect("start");
         assert!(matches!(
             up.status("other", &u.id).await,

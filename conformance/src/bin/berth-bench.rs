@@ -2,36 +2,85 @@
 //! distribution 2.8), the same workload against each, alternating, in one run.
 //!
 //! Prints a table — figure, Berth, peer, ratio — with the median of `--runs` runs and their
-//! spread (min–max). The ratio is peer time / Berth time: above 1 means Berth is faster.
-//! Results also go to `--json FILE`. A benchmark, not a test: it asserts no timing.
+//! spread (min–max). The ratio is peer/Berth for times and sizes, Berth/peer for rates: above 1
+//! means Berth is better. Then notes (what a listing returned, how populating went, what is not
+//! available). Every figure and note also goes to `--json FILE`. A benchmark, not a test: it
+//! asserts no timing.
 //!
-//! Workloads so far (`--only NAME`):
-//! - `blob-put`: one monolithic upload (POST, then a single streamed PUT `?digest=`) of
-//!   1 GiB (`--smoke`: 1 MiB), new content each run so neither side can skip the write; the
-//!   server's peak RSS over the upload is reported beside the time. Before each timed upload
+//! The machine this runs on has 2 cores: the load generator shares them with the server under
+//! test, as it does for the peer. Sizes below are full runs; `--smoke` shrinks every workload so
+//! that all of them together finish in well under two minutes and CI keeps the harness working.
+//!
+//! Workloads (`--only NAME`, repeatable):
+//! - `blob-push`: blob uploads of 1 MiB, 100 MiB and 1 GiB (`--smoke`: 64 KiB, 1 MiB), each
+//!   monolithic (POST, one streamed PUT `?digest=`) and chunked (POST, PATCHes of 8 MiB with
+//!   `Content-Range`, an empty final PUT; `--smoke`: 256 KiB), from 1 and 16 concurrent clients,
+//!   each pushing its own blob to its own repository: seconds for the whole batch, MB/s, and the
+//!   server's peak RSS over it. Limit: at most 2 GiB in flight per run ([`IN_FLIGHT_CAP`]), so
+//!   1 GiB blobs go up from 1 and 2 clients, not 16. Every upload is new content (a shared body
+//!   and a unique tail), so neither side can skip a write. Only the sending is timed; before it,
 //!   dirty pages are flushed (`sync`) and, when run as root, the page cache is dropped, so a run
 //!   pays neither for the previous run's writeback nor for reclaiming its cached pages (which,
-//!   measured on the 2-core CI machine, can double a 1 GiB write). `--keep-caches` measures
-//!   with a warm, full page cache instead.
-//! - `blob-get`: GET of a 1 GiB blob (`--smoke`: 1 MiB) from page cache (one untimed GET
-//!   warms it), read to the end and discarded: seconds and GB/s.
-//! - `manifest-get`: GET of a small image manifest by tag, from 1, 16 and 64 concurrent
-//!   keep-alive connections for a fixed time (`--smoke`: 1 and 4, briefly): requests per second
-//!   and p50/p99 latency. The load generator shares the machine's 2 cores with the server, as
-//!   it does for the peer.
+//!   measured on the 2-core CI machine, can double a 1 GiB write); `--keep-caches` measures
+//!   with a warm, full page cache instead. Each run gets a fresh pair of servers whose data is
+//!   deleted afterwards: a full run writes ~90 GB, more than the disk holds.
+//!   `blob-put` is the 1 GiB (`--smoke`: 1 MiB) monolithic upload from one client alone.
+//! - `blob-pull`: GET of one blob of each of those sizes from 1 and 16 concurrent clients (the
+//!   same 2 GiB cap: 1 and 2 for 1 GiB), from page cache (one untimed GET warms it), read to the
+//!   end and discarded: seconds and MB/s. `blob-get` is the largest size from one client alone.
+//! - `small-requests`: manifest GET by tag, manifest GET by digest, manifest HEAD by tag, blob
+//!   HEAD and the tag list of a repository with 50 tags, each from 1, 16 and 64 concurrent
+//!   keep-alive connections for 2 s (`--smoke`: 1 and 4, 0.3 s): requests per second and
+//!   p50/p99 latency. `manifest-get` is the manifest GET by tag alone.
+//! - `scale`: a fresh pair of servers populated through the API, [`POPULATE_IN_FLIGHT`]
+//!   requests in flight, to 1k then 10k repositories (one small image each, its blobs mounted
+//!   from the first repository: two mounts and a manifest PUT per repository) while that first
+//!   repository grows to 1k, 10k and then 100k tags (one manifest under many tags): ~110k tags
+//!   in all (`--smoke`: 5 and 50 repositories; 10, 100 and 1000 tags). At each size: the tag
+//!   list's first page (`n=1000`; `--smoke`: 10) and its full walk along `Link` pages, and the
+//!   same for `_catalog`, in ms; what each server returned (distribution 2.8 ignores `n` on tag
+//!   lists and answers everything at once); how the cost grew from one size to the next (×10),
+//!   classified as flat, log, linear or quadratic; how long populating took. Limit: each server
+//!   gets [`POPULATE_BUDGET`] of populating (the bound that keeps the workload to a few
+//!   minutes); the first step is the sample that measures its rate, and a later step that
+//!   would not fit at that rate is populated only as far as fits (a step that overruns anyway
+//!   is cut at the budget). That server is then measured at the size it reached, under that
+//!   size's name, and a note says so: a figure is never extrapolated to a size not populated.
 //! - `client`: push and pull of a generated 3-layer image of ~600 MB (`--smoke`: ~3 MB)
 //!   between an OCI layout and Berth, `berth` against `skopeo copy` (the peer column), same
 //!   registry, same layout, new repositories each run.
-//! - `auth-cost`: the same manifest GET at c=16 against Berth with `--auth none`, `basic` and
-//!   `token` (a signed-in user; the token fetched once, as clients do), Berth only: what
-//!   authentication costs per request.
+//! - `node`: `run --rm` latency and pull + unpack through `berth-node`: reported as not
+//!   available, because the node is not built yet (never a made-up figure).
+//! - `auth-cost`: the manifest GET at c=16 (`--smoke`: 4) against Berth with `--auth none`,
+//!   `basic` and `token` (a signed-in user; the token fetched once, as clients do), Berth only:
+//!   what authentication costs per request.
 
 use anyhow::{bail, Context as _, Result};
-use berth_conformance::servers::{free_port, sibling_bin, Server};
+use berth_conformance::servers::{free_port, sibling_bin, Kind, Server};
 use bytes::Bytes;
 use clap::Parser;
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, LOCATION};
+use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
+use std::ops::Range;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Every workload `--only` accepts; the aliases (`blob-put`, `blob-get`, `manifest-get`) pick
+/// one case of the workload they were folded into.
+const WORKLOADS: [&str; 10] = [
+    "blob-push",
+    "blob-put",
+    "blob-pull",
+    "blob-get",
+    "small-requests",
+    "manifest-get",
+    "scale",
+    "client",
+    "node",
+    "auth-cost",
+];
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +91,8 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-put, blob-get, manifest-get, client, auth-cost.
+    /// Run only these workloads (repeatable): blob-push (or its case blob-put), blob-pull (or
+    /// blob-get), small-requests (or manifest-get), scale, client, node, auth-cost.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -56,14 +106,18 @@ struct Cli {
     keep_caches: bool,
 }
 
-/// One measured figure: samples per server.
+/// Index of Berth's samples in [`Figure::samples`] (and of Berth in a server pair).
+const BERTH: usize = 0;
+/// Index of the peer's.
+const PEER: usize = 1;
+
+/// One measured figure: samples per server, Berth's then the peer's.
 struct Figure {
     name: String,
     unit: &'static str,
     /// Lower is better (times) or higher is better (throughput).
     lower_is_better: bool,
-    berth: Vec<f64>,
-    peer: Vec<f64>,
+    samples: [Vec<f64>; 2],
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -88,18 +142,70 @@ impl Figure {
             name,
             unit,
             lower_is_better,
-            berth: Vec::new(),
-            peer: Vec::new(),
+            samples: [Vec::new(), Vec::new()],
         }
     }
 
+    /// Records a sample for `side` ([`BERTH`] or [`PEER`]).
+    fn add(&mut self, side: usize, value: f64) {
+        self.samples[side].push(value);
+    }
+
     fn ratio(&self) -> f64 {
-        let (b, p) = (median(&self.berth), median(&self.peer));
+        let (b, p) = (median(&self.samples[BERTH]), median(&self.samples[PEER]));
         if self.lower_is_better {
             p / b
         } else {
             b / p
         }
+    }
+}
+
+/// The index of the figure called `name` in `figs`, added (empty) if there is none yet: for
+/// figures whose name depends on what a run reached.
+fn figure_index(figs: &mut Vec<Figure>, name: String, unit: &'static str, lower_is_better: bool) -> usize {
+    if let Some(i) = figs.iter().position(|f| f.name == name) {
+        return i;
+    }
+    figs.push(Figure::new(name, unit, lower_is_better));
+    figs.len() - 1
+}
+
+/// Which server of a pair goes first in `run`: alternating, so neither always meets the other's
+/// leftovers (dirty pages, a warm CPU cache, a busy disk).
+fn order(run: usize) -> [usize; 2] {
+    if run.is_multiple_of(2) {
+        [BERTH, PEER]
+    } else {
+        [PEER, BERTH]
+    }
+}
+
+fn who(server: &Server) -> &'static str {
+    match server.kind {
+        Kind::Berth => "berth",
+        Kind::Reference => "peer",
+    }
+}
+
+/// Berth and the reference registry, started over new directories `dir/NAME-…`, as
+/// `[berth, peer]`.
+fn start_pair(dir: &Path, name: &str) -> Result<[Server; 2]> {
+    Ok([
+        Server::berth(
+            &sibling_bin("berth-registry")?,
+            &dir.join(format!("{name}-berth")),
+            free_port()?,
+        )?,
+        Server::reference(&dir.join(format!("{name}-reference")), free_port()?)?,
+    ])
+}
+
+/// Stops both servers and deletes their data (their logs stay beside it).
+fn discard(pair: [Server; 2]) {
+    for mut server in pair {
+        server.crash();
+        let _ = std::fs::remove_dir_all(&server.data);
     }
 }
 
@@ -117,6 +223,24 @@ fn generate(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// `1 GiB`, `100 MiB`, `64 KiB`: sizes as the figures name them.
+fn size_label(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n => format!("{} KiB", n >> 10),
+    }
+}
+
+/// `1k`, `100k`, `50`: counts as the figures name them.
+fn count_label(n: usize) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
 fn absolute(base: &str, location: &str) -> String {
     if location.starts_with("http://") || location.starts_with("https://") {
         location.to_owned()
@@ -125,109 +249,320 @@ fn absolute(base: &str, location: &str) -> String {
     }
 }
 
-/// One monolithic upload of `head ++ body` to `server`; returns seconds and peak RSS (KiB).
-/// Flushes dirty pages and, unless told to keep them (or not root), drops the page cache.
+/// Flushes dirty pages and, unless told to keep them (or not root), drops the page cache;
+/// answers whether it dropped it.
 fn settle(keep_caches: bool) -> Result<bool> {
     std::process::Command::new("sync").status()?;
     Ok(!keep_caches && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok())
 }
 
+/// Blob content to push: `body ++ tail`. Blobs made by one [`Source`] share `body` (generated
+/// once) and differ in `tail`, so each is new content that neither server can skip as already
+/// stored.
+struct Blob {
+    body: Bytes,
+    tail: Bytes,
+    digest: String,
+}
+
+/// Makes [`Blob`]s sharing one body. The digest of each comes from a clone of a hasher that
+/// has already read the body: a 1 GiB body is hashed once, not once per upload.
+struct Source {
+    body: Bytes,
+    hashed: Sha256,
+}
+
+/// Tells the tails of one process apart.
+static FRESH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Source {
+    fn new(len: usize, seed: u64) -> Source {
+        let body = Bytes::from(generate(len, seed));
+        let mut hashed = Sha256::new();
+        hashed.update(&body);
+        Source { body, hashed }
+    }
+
+    /// A blob never pushed before: the body and a tail unique to this process and call.
+    fn fresh(&self) -> Blob {
+        let n = FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tail = Bytes::from(format!(
+            "\nberth-bench {} {n} {:?}\n",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let mut h = self.hashed.clone();
+        h.update(&tail);
+        Blob {
+            body: self.body.clone(),
+            digest: berth_oci::Digest::from_sha256(&h.finalize()).to_string(),
+            tail,
+        }
+    }
+}
+
+impl Blob {
+    /// A blob of exactly `bytes`.
+    fn whole(bytes: Vec<u8>) -> Blob {
+        Blob {
+            digest: berth_oci::Digest::of(&bytes).to_string(),
+            body: Bytes::from(bytes),
+            tail: Bytes::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.body.len() + self.tail.len()
+    }
+
+    /// Bytes `range` as a streamed request body, in slices of at most 256 KiB, never copied.
+    fn stream(&self, range: Range<usize>) -> reqwest::Body {
+        const SLICE: usize = 256 * 1024;
+        let mut pieces = Vec::new();
+        let mut offset = 0;
+        for part in [&self.body, &self.tail] {
+            let (lo, hi) = (range.start.max(offset), range.end.min(offset + part.len()));
+            pieces.extend(
+                (lo..hi)
+                    .step_by(SLICE)
+                    .map(|i| Ok::<_, std::io::Error>(part.slice(i - offset..(i + SLICE).min(hi) - offset))),
+            );
+            offset += part.len();
+        }
+        reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+    }
+}
+
+/// How a blob goes up after the POST.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One PUT `?digest=` carrying the whole blob.
+    Monolithic,
+    /// PATCHes of this many bytes with `Content-Range`, then an empty PUT `?digest=`.
+    Chunked(usize),
+}
+
+impl Mode {
+    fn label(self) -> String {
+        match self {
+            Mode::Monolithic => "monolithic".to_owned(),
+            Mode::Chunked(n) => format!("chunked {}", size_label(n)),
+        }
+    }
+}
+
+/// Fails unless `r` answered `want`, quoting the body.
+async fn expect_status(
+    r: reqwest::Response,
+    want: StatusCode,
+    server: &Server,
+    what: &str,
+) -> Result<reqwest::Response> {
+    if r.status() == want {
+        return Ok(r);
+    }
+    let (status, url) = (r.status(), r.url().clone());
+    bail!(
+        "{:?}: {what} {url} answered {status}: {}",
+        server.kind,
+        r.text().await.unwrap_or_default()
+    )
+}
+
+/// The absolute URL in `r`'s `Location`.
+fn location(server: &Server, r: &reqwest::Response) -> Result<String> {
+    let loc = r
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .with_context(|| format!("{:?}: {} answered no Location", server.kind, r.url()))?;
+    Ok(absolute(&server.url(), loc))
+}
+
+/// POSTs to `repo`'s uploads, asking to mount `(digest, from)` if given. Answers the upload
+/// session's URL, or `None` when the blob was mounted and nothing is left to send.
+async fn open_upload(
+    client: &reqwest::Client,
+    server: &Server,
+    repo: &str,
+    auth: &HeaderMap,
+    mount: Option<(&str, &str)>,
+) -> Result<Option<String>> {
+    let mut url = format!("{}/v2/{repo}/blobs/uploads/", server.url());
+    if let Some((digest, from)) = mount {
+        url.push_str(&format!("?mount={digest}&from={from}"));
+    }
+    let r = client.post(url).headers(auth.clone()).send().await?;
+    if mount.is_some() && r.status() == StatusCode::CREATED {
+        return Ok(None);
+    }
+    let r = expect_status(r, StatusCode::ACCEPTED, server, "POST").await?;
+    Ok(Some(location(server, &r)?))
+}
+
+/// Sends `blob` into the upload session at `loc` the way `mode` says; each PATCH goes to the
+/// Location the previous answer gave.
+async fn send_blob(
+    client: &reqwest::Client,
+    server: &Server,
+    mut loc: String,
+    blob: &Blob,
+    mode: Mode,
+    auth: &HeaderMap,
+) -> Result<()> {
+    let len = blob.len();
+    let mut sent = 0;
+    if let Mode::Chunked(chunk) = mode {
+        while sent < len {
+            let end = (sent + chunk).min(len);
+            let r = client
+                .patch(&loc)
+                .headers(auth.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_RANGE, format!("{sent}-{}", end - 1))
+                .header(CONTENT_LENGTH, end - sent)
+                .body(blob.stream(sent..end))
+                .send()
+                .await?;
+            let r = expect_status(r, StatusCode::ACCEPTED, server, "PATCH").await?;
+            loc = location(server, &r)?;
+            sent = end;
+        }
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = client
+        .put(format!("{loc}{sep}digest={}", blob.digest))
+        .headers(auth.clone())
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(CONTENT_LENGTH, len - sent)
+        .body(blob.stream(sent..len))
+        .send()
+        .await?;
+    expect_status(r, StatusCode::CREATED, server, "PUT").await?;
+    Ok(())
+}
+
+/// Puts `blob` into `repo` monolithically, or mounts it from `mount_from` where the server can.
+async fn push_blob(
+    client: &reqwest::Client,
+    server: &Server,
+    repo: &str,
+    blob: &Blob,
+    auth: &HeaderMap,
+    mount_from: Option<&str>,
+) -> Result<()> {
+    let mount = mount_from.map(|from| (blob.digest.as_str(), from));
+    match open_upload(client, server, repo, auth, mount).await? {
+        Some(loc) => send_blob(client, server, loc, blob, Mode::Monolithic, auth).await,
+        None => Ok(()),
+    }
+}
+
+/// Pushes `blobs` to `server` all at once, each into a repository of its own, the way `mode`
+/// says. Only the sending is timed: the POSTs come first, then [`settle`], so each run pays
+/// only for its own writes. Returns seconds, the server's peak RSS (KiB) over the sending and
+/// each blob's URL.
 async fn put_once(
     client: &reqwest::Client,
     server: &Server,
-    head: Bytes,
-    body: &Bytes,
+    blobs: &[Blob],
+    mode: Mode,
     keep_caches: bool,
-) -> Result<(f64, Option<u64>, String)> {
-    let mut h = Sha256::new();
-    h.update(&head);
-    h.update(body);
-    let digest = berth_oci::Digest::from_sha256(&h.finalize()).to_string();
-    let repo = format!("bench/put-{}", &digest[7..19]);
-    let r = client
-        .post(format!("{}/v2/{repo}/blobs/uploads/", server.url()))
-        .send()
-        .await?;
-    if r.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("{:?}: POST answered {}", server.kind, r.status());
+) -> Result<(f64, Option<u64>, Vec<String>)> {
+    let none = HeaderMap::new();
+    let mut sessions = Vec::new();
+    let mut urls = Vec::new();
+    for blob in blobs {
+        let repo = format!("bench/put-{}", &blob.digest[7..19]);
+        sessions.push(
+            open_upload(client, server, &repo, &none, None)
+                .await?
+                .context("a POST without mount answered 201")?,
+        );
+        urls.push(format!("{}/v2/{repo}/blobs/{}", server.url(), blob.digest));
     }
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .context("POST answered no Location")?;
-    let loc = absolute(&server.url(), loc);
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    // Each run pays only for its own writes.
     settle(keep_caches)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.reset_peak_rss();
-    const SLICE: usize = 256 * 1024;
-    let mut chunks = vec![Ok::<Bytes, std::io::Error>(head.clone())];
-    chunks.extend(
-        (0..body.len())
-            .step_by(SLICE)
-            .map(|i| Ok(body.slice(i..(i + SLICE).min(body.len())))),
-    );
-    let len = (head.len() + body.len()) as u64;
     let started = Instant::now();
-    let r = client
-        .put(format!("{loc}{sep}digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .header("content-length", len)
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await?;
-    let secs = started.elapsed().as_secs_f64();
-    if r.status() != reqwest::StatusCode::CREATED {
-        bail!(
-            "{:?}: PUT answered {}: {}",
-            server.kind,
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
-    }
-    Ok((
-        secs,
-        server.peak_rss_kib(),
-        format!("{}/v2/{repo}/blobs/{digest}", server.url()),
-    ))
+    futures::future::try_join_all(
+        blobs
+            .iter()
+            .zip(sessions)
+            .map(|(blob, loc)| send_blob(client, server, loc, blob, mode, &none)),
+    )
+    .await?;
+    Ok((started.elapsed().as_secs_f64(), server.peak_rss_kib(), urls))
 }
 
-async fn blob_put(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
-    let size = if cli.smoke { 1 << 20 } else { 1 << 30 };
-    let label = if cli.smoke { "1 MiB" } else { "1 GiB" };
-    let body = Bytes::from(generate(size, 42));
+/// Most bytes one timed run of `blob-push` or `blob-pull` may have in flight: 16 clients of
+/// 1 GiB each would stage 16 GiB on a 2-core machine, so the concurrency is cut to fit.
+const IN_FLIGHT_CAP: usize = 2 << 30;
+
+/// The blob sizes of `blob-push` and `blob-pull`, smallest first.
+fn blob_sizes(smoke: bool) -> Vec<usize> {
+    if smoke {
+        vec![64 << 10, 1 << 20]
+    } else {
+        vec![1 << 20, 100 << 20, 1 << 30]
+    }
+}
+
+/// Concurrency levels for blobs of `size`: 1 and 16, the latter cut to [`IN_FLIGHT_CAP`].
+fn blob_levels(size: usize) -> Vec<usize> {
+    let top = (IN_FLIGHT_CAP / size).clamp(1, 16);
+    if top == 1 {
+        vec![1]
+    } else {
+        vec![1, top]
+    }
+}
+
+/// `blob-push`; with `only_put`, the one case `blob-put` names (largest, monolithic, c=1).
+async fn blob_push(cli: &Cli, dir: &Path, only_put: bool) -> Result<Vec<Figure>> {
+    let sizes = blob_sizes(cli.smoke);
+    let largest = sizes.iter().copied().max().unwrap_or_default();
+    let chunk = if cli.smoke { 256 << 10 } else { 8 << 20 };
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut time = Figure::new(format!("blob PUT {label} monolithic (s)"), "s", true);
-    let mut rss = Figure::new(format!("peak RSS during PUT {label} (MiB)"), "MiB", true);
-    for run in 0..cli.runs {
-        // Alternate who goes first, so neither always meets the other's leftovers.
-        let order: [&Server; 2] = if run % 2 == 0 { [berth, peer] } else { [peer, berth] };
-        for (i, server) in order.into_iter().enumerate() {
-            let head = Bytes::from(format!("run {run} server {i} {:?}\n", Instant::now()));
-            let (secs, peak, _) = put_once(&client, server, head, &body, cli.keep_caches).await?;
-            let peak = peak.map_or(f64::NAN, |k| k as f64 / 1024.0);
-            let (t, r) = if std::ptr::eq(server, berth) {
-                (&mut time.berth, &mut rss.berth)
-            } else {
-                (&mut time.peer, &mut rss.peer)
-            };
-            t.push(secs);
-            r.push(peak);
+    let mut figs = Vec::new();
+    for size in sizes {
+        if only_put && size != largest {
+            continue;
+        }
+        let source = Source::new(size, 42);
+        for mode in [Mode::Monolithic, Mode::Chunked(chunk)] {
+            for c in blob_levels(size) {
+                if only_put && (mode != Mode::Monolithic || c != 1) {
+                    continue;
+                }
+                let name = format!("blob push {} {} c={c}", size_label(size), mode.label());
+                let mut time = Figure::new(format!("{name} (s)"), "s", true);
+                let mut rate = Figure::new(format!("{name} (MB/s)"), "MB/s", false);
+                let mut rss = Figure::new(format!("{name} peak RSS (MiB)"), "MiB", true);
+                for run in 0..cli.runs {
+                    let pair = start_pair(dir, "push")?;
+                    for i in order(run) {
+                        let blobs: Vec<Blob> = (0..c).map(|_| source.fresh()).collect();
+                        let (secs, peak, _) = put_once(&client, &pair[i], &blobs, mode, cli.keep_caches).await?;
+                        time.add(i, secs);
+                        rate.add(i, (size * c) as f64 / secs / 1e6);
+                        rss.add(i, peak.map_or(f64::NAN, |k| k as f64 / 1024.0));
+                    }
+                    discard(pair);
+                }
+                figs.extend([time, rate, rss]);
+            }
         }
     }
-    Ok(vec![time, rss])
+    Ok(figs)
 }
 
-/// Reads `url` to the end; returns seconds.
-async fn get_once(client: &reqwest::Client, url: &str) -> Result<(f64, u64)> {
-    use futures::StreamExt as _;
-    let started = Instant::now();
+/// Reads `url` to the end; returns the bytes read.
+async fn get_once(client: &reqwest::Client, url: &str) -> Result<u64> {
     let r = client.get(url).send().await?;
-    if r.status() != reqwest::StatusCode::OK {
+    if r.status() != StatusCode::OK {
         bail!("GET {url} answered {}", r.status());
     }
     let mut s = r.bytes_stream();
@@ -235,42 +570,53 @@ async fn get_once(client: &reqwest::Client, url: &str) -> Result<(f64, u64)> {
     while let Some(chunk) = s.next().await {
         n += chunk?.len() as u64;
     }
-    Ok((started.elapsed().as_secs_f64(), n))
+    Ok(n)
 }
 
-async fn blob_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
-    let size = if cli.smoke { 1 << 20 } else { 1 << 30 };
-    let label = if cli.smoke { "1 MiB" } else { "1 GiB" };
-    let body = Bytes::from(generate(size, 43));
+/// `blob-pull`; with `only_get`, the one case `blob-get` names (largest, c=1).
+async fn blob_pull(cli: &Cli, pair: &[Server; 2], only_get: bool) -> Result<Vec<Figure>> {
+    let sizes = blob_sizes(cli.smoke);
+    let largest = sizes.iter().copied().max().unwrap_or_default();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut urls = Vec::new();
-    for server in [berth, peer] {
-        let head = Bytes::from(format!("blob-get {:?}\n", server.kind));
-        let (_, _, url) = put_once(&client, server, head, &body, true).await?;
-        get_once(&client, &url).await?; // warm the page cache
-        urls.push(url);
-    }
-    let mut time = Figure::new(format!("blob GET {label} (s)"), "s", true);
-    let mut rate = Figure::new(format!("blob GET {label} (GB/s)"), "GB/s", false);
-    for run in 0..cli.runs {
-        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let (secs, n) = get_once(&client, &urls[i]).await?;
-            anyhow::ensure!(n as usize >= size, "short read: {n} bytes");
-            let (t, r) = if i == 0 {
-                (&mut time.berth, &mut rate.berth)
-            } else {
-                (&mut time.peer, &mut rate.peer)
-            };
-            t.push(secs);
-            r.push(n as f64 / secs / 1e9);
+    let mut figs = Vec::new();
+    for size in sizes {
+        if only_get && size != largest {
+            continue;
+        }
+        let source = Source::new(size, 43);
+        let mut urls = Vec::new();
+        for server in pair {
+            let (_, _, url) = put_once(&client, server, &[source.fresh()], Mode::Monolithic, true).await?;
+            get_once(&client, &url[0]).await?; // warm the page cache
+            urls.push(url[0].clone());
+        }
+        for c in blob_levels(size) {
+            if only_get && c != 1 {
+                continue;
+            }
+            let name = format!("blob pull {} c={c}", size_label(size));
+            let mut time = Figure::new(format!("{name} (s)"), "s", true);
+            let mut rate = Figure::new(format!("{name} (MB/s)"), "MB/s", false);
+            for run in 0..cli.runs {
+                for i in order(run) {
+                    let started = Instant::now();
+                    let got = futures::future::try_join_all((0..c).map(|_| get_once(&client, &urls[i]))).await?;
+                    let secs = started.elapsed().as_secs_f64();
+                    anyhow::ensure!(
+                        got.iter().all(|&n| n as usize >= size),
+                        "short read: {got:?} of {size} bytes"
+                    );
+                    time.add(i, secs);
+                    rate.add(i, got.iter().sum::<u64>() as f64 / secs / 1e6);
+                }
+            }
+            figs.extend([time, rate]);
         }
     }
-    Ok(vec![time, rate])
+    Ok(figs)
 }
-
 /// A tar archive holding one file `name` with `data` (ustar, by hand: the layout needs valid
 /// layers, and a tar library would be a dependency for 20 lines).
 fn tar_one(name: &str, data: &[u8]) -> Vec<u8> {
@@ -295,7 +641,7 @@ fn tar_one(name: &str, data: &[u8]) -> Vec<u8> {
 
 /// Writes an OCI layout at `dir` with one image tagged `1` of `layers` layers of `each` bytes,
 /// content chosen by `seed`.
-fn make_layout(dir: &std::path::Path, layers: usize, each: usize, seed: u64) -> Result<()> {
+fn make_layout(dir: &Path, layers: usize, each: usize, seed: u64) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> Result<(String, usize)> {
@@ -347,7 +693,7 @@ fn timed(cmd: &mut std::process::Command) -> Result<f64> {
     Ok(secs)
 }
 
-async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<Figure>> {
+async fn client(cli: &Cli, dir: &Path, berth: &Server) -> Result<Vec<Figure>> {
     let (layers, each, label) = if cli.smoke {
         (3, 1 << 20, "3 MB")
     } else {
@@ -400,16 +746,11 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
             )
         };
         settle(true)?;
-        if run % 2 == 0 {
-            push.berth.push(berth_push()?);
-            push.peer.push(skopeo_push()?);
-            pull.berth.push(berth_pull()?);
-            pull.peer.push(skopeo_pull()?);
-        } else {
-            push.peer.push(skopeo_push()?);
-            push.berth.push(berth_push()?);
-            pull.peer.push(skopeo_pull()?);
-            pull.berth.push(berth_pull()?);
+        for i in order(run) {
+            push.add(i, if i == BERTH { berth_push() } else { skopeo_push() }?);
+        }
+        for i in order(run) {
+            pull.add(i, if i == BERTH { berth_pull() } else { skopeo_pull() }?);
         }
         for d in [&ob, &os, &lb, &ls] {
             let _ = std::fs::remove_dir_all(d);
@@ -418,67 +759,71 @@ async fn client(cli: &Cli, dir: &std::path::Path, berth: &Server) -> Result<Vec<
     Ok(vec![push, pull])
 }
 
-/// Pushes a small image (config, one layer, manifest tagged `v1`) and returns the manifest URL.
+/// A small image in one repository: its config and layer blobs and its manifest.
+struct SmallImage {
+    /// `http://HOST:PORT/v2/REPO`.
+    base: String,
+    /// [config, layer].
+    blobs: [Blob; 2],
+    manifest: String,
+    digest: String,
+}
+
+impl SmallImage {
+    /// `base/rest`.
+    fn url(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.base)
+    }
+}
+
+/// PUTs `img`'s manifest into `repo` under `tag`.
+async fn put_manifest(
+    client: &reqwest::Client,
+    server: &Server,
+    repo: &str,
+    tag: &str,
+    img: &SmallImage,
+    auth: &HeaderMap,
+) -> Result<()> {
+    let r = client
+        .put(format!("{}/v2/{repo}/manifests/{tag}", server.url()))
+        .headers(auth.clone())
+        .header(CONTENT_TYPE, berth_oci::media::OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .await?;
+    expect_status(r, StatusCode::CREATED, server, "manifest PUT").await?;
+    Ok(())
+}
+
+/// Pushes a small image (config, one 4 KiB layer, manifest tagged `v1`) to `repo`.
 async fn push_small_image(
     client: &reqwest::Client,
     server: &Server,
     repo: &str,
-    auth: &reqwest::header::HeaderMap,
-) -> Result<String> {
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
-    let layer = generate(4096, 7);
-    let mut descriptors = Vec::new();
-    for (bytes, media_type) in [
-        (config, "application/vnd.oci.image.config.v1+json"),
-        (layer, "application/vnd.oci.image.layer.v1.tar"),
-    ] {
-        let digest = berth_oci::Digest::of(&bytes).to_string();
-        let r = client
-            .post(format!("{}/v2/{repo}/blobs/uploads/", server.url()))
-            .headers(auth.clone())
-            .send()
-            .await?;
-        if r.status() != reqwest::StatusCode::ACCEPTED {
-            bail!("{:?}: POST answered {}", server.kind, r.status());
-        }
-        let loc = r
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .context("POST answered no Location")?;
-        let loc = absolute(&server.url(), loc);
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let size = bytes.len();
-        let r = client
-            .put(format!("{loc}{sep}digest={digest}"))
-            .headers(auth.clone())
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await?;
-        if r.status() != reqwest::StatusCode::CREATED {
-            bail!("{:?}: blob PUT answered {}", server.kind, r.status());
-        }
-        descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
+    auth: &HeaderMap,
+) -> Result<SmallImage> {
+    let config =
+        Blob::whole(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec());
+    let layer = Blob::whole(generate(4096, 7));
+    for blob in [&config, &layer] {
+        push_blob(client, server, repo, blob, auth, None).await?;
     }
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": berth_oci::media::OCI_MANIFEST,
-        "config": descriptors[0],
-        "layers": [descriptors[1]],
-    });
-    let url = format!("{}/v2/{repo}/manifests/v1", server.url());
-    let r = client
-        .put(&url)
-        .headers(auth.clone())
-        .header("content-type", berth_oci::media::OCI_MANIFEST)
-        .body(manifest.to_string())
-        .send()
-        .await?;
-    if r.status() != reqwest::StatusCode::CREATED {
-        bail!("{:?}: manifest PUT answered {}", server.kind, r.status());
-    }
-    Ok(url)
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.digest, "size": layer.len()}],
+    })
+    .to_string();
+    let img = SmallImage {
+        base: format!("{}/v2/{repo}", server.url()),
+        blobs: [config, layer],
+        digest: berth_oci::Digest::of(manifest.as_bytes()).to_string(),
+        manifest,
+    };
+    put_manifest(client, server, repo, "v1", &img, auth).await?;
+    Ok(img)
 }
 
 /// Result of a closed-loop load run.
@@ -488,8 +833,9 @@ struct Load {
     p99_ms: f64,
 }
 
-/// `concurrency` loops, each sending GET `url` and reading the whole answer, for `duration`.
-async fn load(url: &str, concurrency: usize, duration: Duration, headers: reqwest::header::HeaderMap) -> Result<Load> {
+/// `concurrency` loops, each sending `method` `url` and reading the whole answer (which must be
+/// 200), for `duration`.
+async fn load(method: Method, url: &str, concurrency: usize, duration: Duration, headers: HeaderMap) -> Result<Load> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .redirect(reqwest::redirect::Policy::none())
@@ -498,16 +844,20 @@ async fn load(url: &str, concurrency: usize, duration: Duration, headers: reqwes
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (client, url, headers) = (client.clone(), url.to_owned(), headers.clone());
+        let (client, method, url, headers) = (client.clone(), method.clone(), url.to_owned(), headers.clone());
         tasks.spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let r = client.get(&url).headers(headers.clone()).send().await?;
+                let r = client
+                    .request(method.clone(), &url)
+                    .headers(headers.clone())
+                    .send()
+                    .await?;
                 let status = r.status();
                 let _ = r.bytes().await?;
-                if status != reqwest::StatusCode::OK {
-                    bail!("GET {url} answered {status}");
+                if status != StatusCode::OK {
+                    bail!("{method} {url} answered {status}");
                 }
                 lat.push(t0.elapsed().as_micros() as u64);
             }
@@ -531,10 +881,10 @@ async fn load(url: &str, concurrency: usize, duration: Duration, headers: reqwes
     })
 }
 
-fn accept_manifests() -> reqwest::header::HeaderMap {
-    let mut h = reqwest::header::HeaderMap::new();
+fn accept_manifests() -> HeaderMap {
+    let mut h = HeaderMap::new();
     h.insert(
-        reqwest::header::ACCEPT,
+        ACCEPT,
         reqwest::header::HeaderValue::from_static(
             "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
         ),
@@ -542,44 +892,456 @@ fn accept_manifests() -> reqwest::header::HeaderMap {
     h
 }
 
-async fn manifest_get(cli: &Cli, berth: &Server, peer: &Server) -> Result<Vec<Figure>> {
+/// Tags in the repository whose tag list `small-requests` reads.
+const SMALL_TAGS: usize = 50;
+
+/// The requests of `small-requests` against `img`: label, method, URL, headers.
+fn small_requests_of(img: &SmallImage) -> [(String, Method, String, HeaderMap); 5] {
+    [
+        (
+            "manifest GET by tag".to_owned(),
+            Method::GET,
+            img.url("manifests/v1"),
+            accept_manifests(),
+        ),
+        (
+            "manifest GET by digest".to_owned(),
+            Method::GET,
+            img.url(&format!("manifests/{}", img.digest)),
+            accept_manifests(),
+        ),
+        (
+            "manifest HEAD by tag".to_owned(),
+            Method::HEAD,
+            img.url("manifests/v1"),
+            accept_manifests(),
+        ),
+        (
+            "blob HEAD".to_owned(),
+            Method::HEAD,
+            img.url(&format!("blobs/{}", img.blobs[1].digest)),
+            HeaderMap::new(),
+        ),
+        (
+            format!("tags list ({SMALL_TAGS} tags)"),
+            Method::GET,
+            img.url("tags/list"),
+            HeaderMap::new(),
+        ),
+    ]
+}
+
+/// `small-requests`; with `only_manifest_get`, the manifest GET by tag alone (`manifest-get`).
+async fn small_requests(cli: &Cli, pair: &[Server; 2], only_manifest_get: bool) -> Result<Vec<Figure>> {
     let client = reqwest::Client::new();
-    let urls = [
-        push_small_image(&client, berth, "bench/small", &Default::default()).await?,
-        push_small_image(&client, peer, "bench/small", &Default::default()).await?,
-    ];
+    let none = HeaderMap::new();
+    let mut requests = Vec::new();
+    for server in pair {
+        let img = push_small_image(&client, server, "bench/small", &none).await?;
+        for t in 1..SMALL_TAGS {
+            put_manifest(&client, server, "bench/small", &format!("t{t:02}"), &img, &none).await?;
+        }
+        requests.push(small_requests_of(&img));
+    }
     let (levels, duration): (&[usize], Duration) = if cli.smoke {
         (&[1, 4], Duration::from_millis(300))
     } else {
-        (&[1, 16, 64], Duration::from_secs(3))
+        (&[1, 16, 64], Duration::from_secs(2))
     };
+    let kinds = if only_manifest_get { 1 } else { requests[BERTH].len() };
     let mut figs = Vec::new();
-    for &c in levels {
-        let mut rate = Figure::new(format!("manifest GET c={c} (req/s)"), "req/s", false);
-        let mut p50 = Figure::new(format!("manifest GET c={c} p50 (ms)"), "ms", true);
-        let mut p99 = Figure::new(format!("manifest GET c={c} p99 (ms)"), "ms", true);
-        for run in 0..cli.runs {
-            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
-                let l = load(&urls[i], c, duration, accept_manifests()).await?;
-                let (r, a, b) = if i == 0 {
-                    (&mut rate.berth, &mut p50.berth, &mut p99.berth)
-                } else {
-                    (&mut rate.peer, &mut p50.peer, &mut p99.peer)
-                };
-                r.push(l.per_sec);
-                a.push(l.p50_ms);
-                b.push(l.p99_ms);
+    for (k, (label, ..)) in requests[BERTH].iter().enumerate().take(kinds) {
+        for &c in levels {
+            let mut rate = Figure::new(format!("{label} c={c} (req/s)"), "req/s", false);
+            let mut p50 = Figure::new(format!("{label} c={c} p50 (ms)"), "ms", true);
+            let mut p99 = Figure::new(format!("{label} c={c} p99 (ms)"), "ms", true);
+            for run in 0..cli.runs {
+                for i in order(run) {
+                    let (_, method, url, headers) = &requests[i][k];
+                    let l = load(method.clone(), url, c, duration, headers.clone()).await?;
+                    rate.add(i, l.per_sec);
+                    p50.add(i, l.p50_ms);
+                    p99.add(i, l.p99_ms);
+                }
             }
+            figs.extend([rate, p50, p99]);
         }
-        figs.extend([rate, p50, p99]);
     }
     Ok(figs)
 }
 
+/// Requests kept in flight while `scale` populates a registry.
+const POPULATE_IN_FLIGHT: usize = 32;
+/// Populating time each server gets in `scale` (outside `--smoke` it is the bound that keeps
+/// the workload to a few minutes).
+const POPULATE_BUDGET: Duration = Duration::from_secs(180);
+/// The repository `scale` pushes its image to first, mounts blobs from, and grows tags on.
+const SCALE_BASE: &str = "scale/r00000";
+/// Bound on the pages a listing walk follows (100k tags are 100 pages of 1000).
+const MAX_PAGES: usize = 10_000;
+
+/// One step of populating: a new repository (both blobs mounted from [`SCALE_BASE`], the
+/// manifest tagged `v1`), or one more tag on [`SCALE_BASE`] (the same manifest).
+#[derive(Clone, Copy)]
+enum Job {
+    Repo(usize),
+    Tag(usize),
+}
+
+impl Job {
+    fn requests(self) -> u64 {
+        match self {
+            Job::Repo(_) => 3,
+            Job::Tag(_) => 1,
+        }
+    }
+
+    async fn run(self, client: &reqwest::Client, server: &Server, img: &SmallImage) -> Result<()> {
+        let none = HeaderMap::new();
+        match self {
+            Job::Repo(i) => {
+                let repo = format!("scale/r{i:05}");
+                for blob in &img.blobs {
+                    push_blob(client, server, &repo, blob, &none, Some(SCALE_BASE)).await?;
+                }
+                put_manifest(client, server, &repo, "v1", img, &none).await
+            }
+            Job::Tag(j) => put_manifest(client, server, SCALE_BASE, &format!("t{j:06}"), img, &none).await,
+        }
+    }
+}
+
+/// One server's side of `scale`: how far it is populated and what that cost.
+struct Populated<'a> {
+    server: &'a Server,
+    img: SmallImage,
+    repos: usize,
+    /// Tags on [`SCALE_BASE`].
+    tags: usize,
+    requests: u64,
+    secs: f64,
+    /// Why populating stopped short, once it has.
+    stopped: Option<String>,
+}
+
+impl Populated<'_> {
+    /// Grows the registry towards `repos` repositories and `tags` tags on [`SCALE_BASE`], within
+    /// [`POPULATE_BUDGET`] of populating in all. When the rate so far says the step would not
+    /// fit, only the part that fits is populated (repositories first); when the budget runs out
+    /// anyway, it stops where it is. Either way it says so in `notes` and populates no further.
+    /// Returns the seconds it took, when it populated all it was asked.
+    async fn grow(
+        &mut self,
+        client: &reqwest::Client,
+        repos: usize,
+        tags: usize,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<f64>> {
+        if self.stopped.is_some() {
+            return Ok(None);
+        }
+        let name = who(self.server);
+        let target = format!("{} repositories, {} tags", count_label(repos), count_label(tags));
+        let mut jobs: Vec<Job> = (self.repos..repos)
+            .map(Job::Repo)
+            .chain((self.tags..tags).map(Job::Tag))
+            .collect();
+        let budget = POPULATE_BUDGET.as_secs_f64();
+        let mut short = None;
+        if self.requests > 0 {
+            let rate = self.requests as f64 / self.secs;
+            let projected = self.secs + jobs.iter().map(|j| j.requests()).sum::<u64>() as f64 / rate;
+            if projected > budget {
+                let fits = ((budget - self.secs) * rate).max(0.0) as u64;
+                let mut sum = 0;
+                let keep = jobs
+                    .iter()
+                    .take_while(|j| {
+                        sum += j.requests();
+                        sum <= fits
+                    })
+                    .count();
+                jobs.truncate(keep);
+                short = Some(format!(
+                    "at its {rate:.0} req/s, populating to {target} would take {projected:.0} s in all, \
+                     over the {budget:.0} s budget"
+                ));
+            }
+        }
+        let requests: u64 = jobs.iter().map(|j| j.requests()).sum();
+        settle(true)?;
+        let deadline = Instant::now() + POPULATE_BUDGET.saturating_sub(Duration::from_secs_f64(self.secs));
+        let (server, img) = (self.server, &self.img);
+        let started = Instant::now();
+        let done: Vec<Option<Job>> = futures::stream::iter(jobs)
+            .map(|job| async move {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                job.run(client, server, img).await.map(|()| Some(job))
+            })
+            .buffer_unordered(POPULATE_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        self.secs += secs;
+        for job in done.iter().flatten() {
+            self.requests += job.requests();
+            match job {
+                Job::Repo(_) => self.repos += 1,
+                Job::Tag(_) => self.tags += 1,
+            }
+        }
+        if done.iter().any(Option::is_none) {
+            short = Some(format!("the {budget:.0} s budget ran out while populating to {target}"));
+        }
+        if let Some(why) = short {
+            let why = format!(
+                "{name}: {why}: populated only to {} repositories, {} tags ({:.1} s of populating in all), \
+                 and measured at that size",
+                self.repos, self.tags, self.secs
+            );
+            notes.push(format!("scale: {why}"));
+            self.stopped = Some(why);
+            return Ok(None);
+        }
+        notes.push(format!(
+            "scale: {name} populated to {target} in {secs:.2} s ({:.0} req/s, {POPULATE_IN_FLIGHT} in flight)",
+            requests as f64 / secs
+        ));
+        Ok(Some(secs))
+    }
+}
+
+/// A listing read page by page.
+struct Walk {
+    secs: f64,
+    items: usize,
+    pages: usize,
+    /// The last page read still pointed to a next one.
+    more: bool,
+}
+
+/// The target of `Link: <…>; rel="next"`.
+fn next_link(value: &str) -> Option<&str> {
+    let part = value.split(',').find(|p| p.contains("rel=\"next\""))?;
+    part.get(part.find('<')? + 1..part.find('>')?)
+}
+
+/// GETs `url`, then follows `Link: <…>; rel="next"` up to `max_pages` pages in all; the
+/// entries of `key` are counted afterwards, untimed.
+async fn walk(client: &reqwest::Client, server: &Server, url: String, key: &str, max_pages: usize) -> Result<Walk> {
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    let mut next = Some(url);
+    while bodies.len() < max_pages {
+        let Some(url) = next.take() else { break };
+        let r = expect_status(client.get(&url).send().await?, StatusCode::OK, server, "GET").await?;
+        next = r
+            .headers()
+            .get(LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .map(|l| absolute(&server.url(), l));
+        bodies.push(r.bytes().await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut items = 0;
+    for body in &bodies {
+        let v: serde_json::Value = serde_json::from_slice(body).context("a listing that is not JSON")?;
+        items += v[key].as_array().map_or(0, Vec::len);
+    }
+    Ok(Walk {
+        secs,
+        items,
+        pages: bodies.len(),
+        more: next.is_some(),
+    })
+}
+
+/// How a cost grew when the size grew from `a` to `b`: whichever of flat (×1), log
+/// (×ln b/ln a), linear (×b/a) or quadratic (×(b/a)²) is nearest, on a log scale. From 1k to
+/// 10k, flat and log differ by only ×1.33: noise can swap them, never either with linear.
+fn classify(growth: f64, a: usize, b: usize) -> &'static str {
+    let (a, b) = (a as f64, b as f64);
+    let expected = [
+        ("flat", 1.0),
+        ("log", b.ln() / a.ln()),
+        ("linear", b / a),
+        ("quadratic", (b / a).powi(2)),
+    ];
+    let off = |e: f64| (growth.ln() - e.ln()).abs();
+    expected
+        .into_iter()
+        .min_by(|x, y| off(x.1).total_cmp(&off(y.1)))
+        .map_or("?", |(name, _)| name)
+}
+
+/// One listing `scale` measures at each size.
+struct Series {
+    /// `tags list` or `catalog`.
+    what: &'static str,
+    how: String,
+    catalog: bool,
+    max_pages: usize,
+}
+
+/// `scale`: populates a fresh pair of servers step by step and measures listings at each size.
+async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
+    // Steps of (repositories, tags on SCALE_BASE), and the page size asked for.
+    let (steps, page) = if cli.smoke {
+        ([(5, 10), (50, 100), (50, 1000)], 10)
+    } else {
+        ([(1000, 1000), (10_000, 10_000), (10_000, 100_000)], 1000)
+    };
+    let series = [
+        ("tags list", format!("first page n={page}"), false, 1),
+        ("tags list", "full walk".to_owned(), false, MAX_PAGES),
+        ("catalog", format!("first page n={page}"), true, 1),
+        ("catalog", "full walk".to_owned(), true, MAX_PAGES),
+    ]
+    .map(|(what, how, catalog, max_pages)| Series {
+        what,
+        how,
+        catalog,
+        max_pages,
+    });
+    let pair = start_pair(dir, "scale")?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(POPULATE_IN_FLIGHT)
+        .build()?;
+    let mut sides = Vec::new();
+    for server in &pair {
+        sides.push(Populated {
+            server,
+            img: push_small_image(&client, server, SCALE_BASE, &HeaderMap::new()).await?,
+            repos: 1,
+            tags: 1,
+            requests: 0,
+            secs: 0.0,
+            stopped: None,
+        });
+    }
+    let mut populate = Vec::new();
+    let mut listings = Vec::new();
+    let mut growths = Vec::new();
+    let mut notes = Vec::new();
+    // Per series and side: each size measured, with its figure's index in `listings`.
+    let mut points: Vec<[Vec<(usize, usize)>; 2]> = series.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for (step, &(repos, tags)) in steps.iter().enumerate() {
+        let mut fill = Figure::new(
+            format!(
+                "scale populate step {}: to {} repos, {} tags (s)",
+                step + 1,
+                count_label(repos),
+                count_label(tags)
+            ),
+            "s",
+            true,
+        );
+        for (i, side) in sides.iter_mut().enumerate() {
+            if let Some(secs) = side.grow(&client, repos, tags, &mut notes).await? {
+                fill.add(i, secs);
+            }
+        }
+        populate.push(fill);
+        for (s, ser) in series.iter().enumerate() {
+            // Each side at the size it reached, when that is new since it was last measured.
+            let sizes = [BERTH, PEER].map(|i| {
+                let size = if ser.catalog { sides[i].repos } else { sides[i].tags };
+                (points[s][i].last().map(|p| p.0) != Some(size)).then_some(size)
+            });
+            let (url, key, unit) = if ser.catalog {
+                (format!("/v2/_catalog?n={page}"), "repositories", "repos")
+            } else {
+                (format!("/v2/{SCALE_BASE}/tags/list?n={page}"), "tags", "tags")
+            };
+            let mut returned = Vec::new();
+            for run in 0..cli.runs {
+                for i in order(run) {
+                    let Some(size) = sizes[i] else { continue };
+                    let name = format!("scale {} @{} {unit}, {} (ms)", ser.what, count_label(size), ser.how);
+                    let f = figure_index(&mut listings, name, "ms", true);
+                    let w = walk(&client, &pair[i], format!("{}{url}", pair[i].url()), key, ser.max_pages).await?;
+                    listings[f].add(i, w.secs * 1000.0);
+                    if run == 0 {
+                        points[s][i].push((size, f));
+                        returned.push(format!(
+                            "{} @{}: {} {key} in {} page{}, {}{}",
+                            who(&pair[i]),
+                            count_label(size),
+                            w.items,
+                            w.pages,
+                            if w.pages == 1 { "" } else { "s" },
+                            if w.more { "Link to more" } else { "no Link" },
+                            if ser.max_pages > 1 && w.items != size {
+                                format!(" (expected {size})")
+                            } else {
+                                String::new()
+                            }
+                        ));
+                    }
+                }
+            }
+            if !returned.is_empty() {
+                notes.push(format!(
+                    "scale {} {} returned: {}",
+                    ser.what,
+                    ser.how,
+                    returned.join("; ")
+                ));
+            }
+        }
+    }
+    for (s, ser) in series.iter().enumerate() {
+        let mut words = Vec::new();
+        for i in [BERTH, PEER] {
+            let mut steps = Vec::new();
+            for w in points[s][i].windows(2) {
+                let ((a, fa), (b, fb)) = (w[0], w[1]);
+                let g = median(&listings[fb].samples[i]) / median(&listings[fa].samples[i]);
+                let step = format!("{}→{}", count_label(a), count_label(b));
+                let name = format!("scale growth {} {}, {step} (×)", ser.what, ser.how);
+                let k = figure_index(&mut growths, name, "×", true);
+                growths[k].add(i, g);
+                steps.push(format!("{step} ×{g:.2} ({})", classify(g, a, b)));
+            }
+            if steps.is_empty() {
+                steps.push("not measured at two sizes".to_owned());
+            }
+            words.push(format!("{} {}", who(&pair[i]), steps.join(", ")));
+        }
+        notes.push(format!("scale growth {} {}: {}", ser.what, ser.how, words.join("; ")));
+    }
+    for side in &sides {
+        notes.push(format!(
+            "scale: {} populating took {:.1} s in all ({} requests, {} repositories, {} tags on {SCALE_BASE})",
+            who(side.server),
+            side.secs,
+            side.requests,
+            side.repos,
+            side.tags
+        ));
+    }
+    drop(sides);
+    discard(pair);
+    Ok((populate.into_iter().chain(listings).chain(growths).collect(), notes))
+}
+
+/// `node`: what it would measure, and why it cannot yet.
+fn node() -> Vec<String> {
+    let why = if sibling_bin("berth-node").is_ok() {
+        "berth-node is built, but no workload here drives it yet"
+    } else {
+        "berth-node is not built yet"
+    };
+    ["`run --rm` latency", "pull + unpack of an image"]
+        .map(|what| format!("node: {what}: not available ({why})"))
+        .to_vec()
+}
 /// Starts Berth in `mode` with a user `bench` (password `bench-password`) and returns it with
 /// the `Authorization` header a client would send after signing in.
-async fn berth_with_auth(dir: &std::path::Path, mode: &str) -> Result<(Server, reqwest::header::HeaderMap)> {
+async fn berth_with_auth(dir: &Path, mode: &str) -> Result<(Server, HeaderMap)> {
     use base64::Engine as _;
     let bin = sibling_bin("berth-registry")?;
     let data = dir.join(format!("berth-{mode}"));
@@ -616,34 +1378,37 @@ async fn berth_with_auth(dir: &std::path::Path, mode: &str) -> Result<(Server, r
     } else {
         basic
     };
-    let mut h = reqwest::header::HeaderMap::new();
+    let mut h = HeaderMap::new();
     h.insert(reqwest::header::AUTHORIZATION, value.parse()?);
     Ok((server, h))
 }
 
-async fn auth_cost(cli: &Cli, dir: &std::path::Path, open: &Server) -> Result<()> {
+/// `auth-cost`: prints its own table (Berth only, three modes) and returns its rows for JSON.
+async fn auth_cost(cli: &Cli, dir: &Path, open: &Server) -> Result<Vec<serde_json::Value>> {
     let (c, duration) = if cli.smoke {
         (4, Duration::from_millis(300))
     } else {
         (16, Duration::from_secs(3))
     };
     let client = reqwest::Client::new();
-    let none_url = push_small_image(&client, open, "bench/small", &Default::default()).await?;
+    let none = push_small_image(&client, open, "bench/small", &HeaderMap::new()).await?;
     let (basic, basic_h) = berth_with_auth(dir, "basic").await?;
     let (token, token_h) = berth_with_auth(dir, "token").await?;
-    let basic_url = push_small_image(&client, &basic, "bench/small", &basic_h).await?;
-    let token_url = push_small_image(&client, &token, "bench/small", &token_h).await?;
+    let basic_img = push_small_image(&client, &basic, "bench/small", &basic_h).await?;
+    let token_img = push_small_image(&client, &token, "bench/small", &token_h).await?;
     let cases = [
-        ("none", none_url, reqwest::header::HeaderMap::new()),
-        ("basic", basic_url, basic_h),
-        ("token", token_url, token_h),
+        ("none", none, HeaderMap::new()),
+        ("basic", basic_img, basic_h),
+        ("token", token_img, token_h),
     ];
     let mut results: Vec<(&str, Vec<Load>)> = cases.iter().map(|(m, _, _)| (*m, Vec::new())).collect();
     for _ in 0..cli.runs {
-        for (i, (_, url, h)) in cases.iter().enumerate() {
+        for (i, (_, img, h)) in cases.iter().enumerate() {
             let mut headers = accept_manifests();
             headers.extend(h.clone());
-            results[i].1.push(load(url, c, duration, headers).await?);
+            results[i]
+                .1
+                .push(load(Method::GET, &img.url("manifests/v1"), c, duration, headers).await?);
         }
     }
     println!(
@@ -655,38 +1420,56 @@ async fn auth_cost(cli: &Cli, dir: &std::path::Path, open: &Server) -> Result<()
         "auth", "req/s", "p50 (ms)", "p99 (ms)", "vs none"
     );
     let base = median(&results[0].1.iter().map(|l| l.per_sec).collect::<Vec<_>>());
+    let mut rows = Vec::new();
     for (mode, loads) in &results {
         let rate = median(&loads.iter().map(|l| l.per_sec).collect::<Vec<_>>());
         let p50 = median(&loads.iter().map(|l| l.p50_ms).collect::<Vec<_>>());
         let p99 = median(&loads.iter().map(|l| l.p99_ms).collect::<Vec<_>>());
         println!("{mode:<8} {rate:>10.0} {p50:>10.3} {p99:>10.3} {:>11.2}x", rate / base);
+        rows.push(serde_json::json!({
+            "auth": mode, "concurrency": c, "req_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+            "vs_none": rate / base,
+        }));
     }
-    Ok(())
+    Ok(rows)
 }
 
 fn print_table(figs: &[Figure]) {
+    let width = figs.iter().map(|f| f.name.chars().count()).max().unwrap_or(0).max(6);
     println!(
-        "{:<40} {:>22} {:>22} {:>8}",
+        "{:<width$} {:>24} {:>24} {:>8}",
         "figure", "berth (median, min–max)", "peer (median, min–max)", "ratio"
     );
     for f in figs {
-        let digits = if f.unit == "req/s" { 0 } else { 3 };
+        let digits = match f.unit {
+            "req/s" => 0,
+            "MB/s" => 1,
+            _ => 3,
+        };
         let cell = |v: &[f64]| {
+            if v.is_empty() {
+                return "not measured".to_owned();
+            }
             let (lo, hi) = spread(v);
             format!("{:.d$} ({:.d$}–{:.d$})", median(v), lo, hi, d = digits)
         };
+        let ratio = f.ratio();
         println!(
-            "{:<40} {:>22} {:>22} {:>7.2}x",
+            "{:<width$} {:>24} {:>24} {:>8}",
             f.name,
-            cell(&f.berth),
-            cell(&f.peer),
-            f.ratio()
+            cell(&f.samples[BERTH]),
+            cell(&f.samples[PEER]),
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "–".to_owned()
+            }
         );
     }
-    println!("ratio: peer/berth for times and sizes, berth/peer for rates (above 1: Berth better)");
+    println!("ratio: peer/berth for times, sizes and growth, berth/peer for rates (above 1: Berth better)");
 }
 
-fn to_json(figs: &[Figure], cli: &Cli) -> serde_json::Value {
+fn to_json(figs: &[Figure], notes: &[String], auth: &[serde_json::Value], cli: &Cli) -> serde_json::Value {
     serde_json::json!({
         "smoke": cli.smoke,
         "runs": cli.runs,
@@ -695,10 +1478,12 @@ fn to_json(figs: &[Figure], cli: &Cli) -> serde_json::Value {
         "figures": figs.iter().map(|f| serde_json::json!({
             "name": f.name,
             "unit": f.unit,
-            "berth": { "median": median(&f.berth), "samples": f.berth },
-            "peer": { "median": median(&f.peer), "samples": f.peer },
+            "berth": { "median": median(&f.samples[BERTH]), "samples": f.samples[BERTH] },
+            "peer": { "median": median(&f.samples[PEER]), "samples": f.samples[PEER] },
             "ratio": f.ratio(),
         })).collect::<Vec<_>>(),
+        "notes": notes,
+        "auth_cost": auth,
     })
 }
 
@@ -715,7 +1500,6 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    const WORKLOADS: [&str; 5] = ["blob-put", "blob-get", "manifest-get", "client", "auth-cost"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.as_str()) {
             bail!("unknown workload {w:?}; known: {}", WORKLOADS.join(", "));
@@ -726,37 +1510,51 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let want = |w: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == w);
     let dir = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
-    let berth = Server::berth(&sibling_bin("berth-registry")?, &dir.path().join("berth"), free_port()?)?;
-    let peer = Server::reference(&dir.path().join("reference"), free_port()?)?;
+    let pair = start_pair(dir.path(), "shared")?;
     let mut figs = Vec::new();
-    if want("blob-put") {
-        figs.extend(blob_put(&cli, &berth, &peer).await?);
+    let mut notes = Vec::new();
+    if want("blob-push") || want("blob-put") {
+        figs.extend(blob_push(&cli, dir.path(), !want("blob-push")).await?);
+        let dropped = settle(cli.keep_caches)?;
+        notes.push(format!(
+            "blob-push: page cache {} before each timed upload",
+            if dropped { "dropped" } else { "kept (warm)" }
+        ));
     }
-    if want("blob-get") {
-        figs.extend(blob_get(&cli, &berth, &peer).await?);
+    if want("blob-pull") || want("blob-get") {
+        figs.extend(blob_pull(&cli, &pair, !want("blob-pull")).await?);
     }
     if want("client") {
-        figs.extend(client(&cli, dir.path(), &berth).await?);
+        figs.extend(client(&cli, dir.path(), &pair[BERTH]).await?);
     }
-    if want("manifest-get") {
-        figs.extend(manifest_get(&cli, &berth, &peer).await?);
+    if want("small-requests") || want("manifest-get") {
+        figs.extend(small_requests(&cli, &pair, !want("small-requests")).await?);
     }
-    if want("blob-put") {
-        let dropped = settle(cli.keep_caches)?;
-        println!(
-            "blob-put: page cache {} before each timed upload",
-            if dropped { "dropped" } else { "kept (warm)" }
-        );
+    if want("scale") {
+        let (f, n) = scale(&cli, dir.path()).await?;
+        figs.extend(f);
+        notes.extend(n);
+    }
+    if want("node") {
+        notes.extend(node());
     }
     if !figs.is_empty() {
         print_table(&figs);
     }
-    if want("auth-cost") {
-        auth_cost(&cli, dir.path(), &berth).await?;
+    for note in &notes {
+        println!("{note}");
     }
+    let auth = if want("auth-cost") {
+        auth_cost(&cli, dir.path(), &pair[BERTH]).await?
+    } else {
+        Vec::new()
+    };
     if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_string_pretty(&to_json(&figs, &cli))?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&to_json(&figs, &notes, &auth, &cli))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
