@@ -253,6 +253,26 @@ pub async fn push(
     .try_collect::<Vec<()>>()
     .await?;
     rep.finish();
+    let counts = Counts {
+        transferred: sent.into_inner(),
+        skipped: skipped.into_inner(),
+        mounted: mounted.into_inner(),
+        bytes: bytes.into_inner(),
+    };
+    put_manifests(&tree, dst, dst_ref, counts).await
+}
+
+/// What moved, for the summary.
+struct Counts {
+    transferred: usize,
+    skipped: usize,
+    mounted: usize,
+    bytes: u64,
+}
+
+/// Stores the tree's manifests in `dst` once its blobs are there: children by digest, the top
+/// as `dst_ref` last, so no manifest arrives before what it references.
+async fn put_manifests(tree: &Tree, dst: &Repo, dst_ref: &str, c: Counts) -> Result<Summary> {
     let n = tree.manifests.len();
     for (i, (d, body)) in tree.manifests.iter().enumerate() {
         let reference = if i + 1 == n {
@@ -262,15 +282,15 @@ pub async fn push(
         };
         dst.put_manifest(&reference, body, &d.media_type).await?;
     }
-    let (root, _) = top(&tree);
+    let (root, _) = top(tree);
     Ok(Summary {
         digest: root.digest.to_string(),
         media_type: root.media_type.clone(),
         blobs: tree.blobs.len(),
-        transferred: sent.into_inner(),
-        skipped: skipped.into_inner(),
-        mounted: mounted.into_inner(),
-        bytes: bytes.into_inner(),
+        transferred: c.transferred,
+        skipped: c.skipped,
+        mounted: c.mounted,
+        bytes: c.bytes,
     })
 }
 
@@ -415,23 +435,11 @@ pub async fn copy(
     .try_collect::<Vec<()>>()
     .await?;
     rep.finish();
-    let n = tree.manifests.len();
-    for (i, (d, body)) in tree.manifests.iter().enumerate() {
-        let reference = if i + 1 == n {
-            dst_ref.to_owned()
-        } else {
-            d.digest.to_string()
-        };
-        dst.put_manifest(&reference, body, &d.media_type).await?;
-    }
-    let (root, _) = top(&tree);
-    Ok(Summary {
-        digest: root.digest.to_string(),
-        media_type: root.media_type.clone(),
-        blobs: tree.blobs.len(),
+    let counts = Counts {
         transferred: sent.into_inner(),
         skipped: skipped.into_inner(),
         mounted: mounted.into_inner(),
         bytes: bytes.into_inner(),
-    })
+    };
+    put_manifests(&tree, dst, dst_ref, counts).await
 }

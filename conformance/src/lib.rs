@@ -14,6 +14,7 @@
 //! - [`fixtures`]: deterministic, per-run-unique blobs and manifests.
 //! - [`report`]: the `ok`/`FAIL` lines and the final `N passed, N failed` tally.
 //! - [`servers`]: Berth and reference-registry processes for tests and benchmarks.
+//! - [`images`]: images the end-to-end tests build themselves (umoci + busybox).
 //! - [`suite`]: the run: shared context, idempotent set-up ("ensure this is pushed"), the groups
 //!   in order; one module per group: [`push`], [`pull`], [`discovery`], [`referrers`],
 //!   [`management`].
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod expect;
 pub mod fixtures;
 pub mod http;
+pub mod images;
 pub mod management;
 pub mod pull;
 pub mod push;

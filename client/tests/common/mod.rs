@@ -509,35 +509,5 @@ pub fn index_entry(layout: &Path, tag: &str) -> serde_json::Value {
 /// without a command) whose command prints `hello from berth`: umoci and busybox-static, nothing
 /// pulled from anywhere.
 pub fn busybox_layout(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci");
-    let bundle = dir.join("bundle");
-    let img = |tag: &str| format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &img("base")]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &img("base")])
-        .arg(&bundle));
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).expect("rootfs/bin");
-    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (busybox-static)");
-    std::os::unix::fs::symlink("busybox", bin.join("sh")).expect("symlink sh");
-    run(Command::new("umoci")
-        .args(["repack", "--image", &img("base")])
-        .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &img("base"),
-        "--tag",
-        "1",
-        "--config.env",
-        "PATH=/bin",
-        "--config.cmd",
-        "/bin/sh",
-        "--config.cmd",
-        "-c",
-        "--config.cmd",
-        "echo hello from berth",
-    ]));
-    layout
+    berth_conformance::images::busybox_layout(dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
