@@ -15,6 +15,7 @@
 //! - [`report`]: the `ok`/`FAIL` lines and the final `N passed, N failed` tally.
 //! - [`servers`]: Berth and reference-registry processes for tests and benchmarks.
 //! - [`images`]: images the end-to-end tests build themselves (umoci + busybox).
+//! - [`peers`]: checks that real peers are present (a failure under `CI=true`).
 //! - [`suite`]: the run: shared context, idempotent set-up ("ensure this is pushed"), the groups
 //!   in order; one module per group: [`push`], [`pull`], [`discovery`], [`referrers`],
 //!   [`management`].
@@ -32,6 +33,7 @@ pub mod fixtures;
 pub mod http;
 pub mod images;
 pub mod management;
+pub mod peers;
 pub mod pull;
 pub mod push;
 pub mod referrers;

@@ -25,64 +25,10 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The annotation naming a manifest in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// Whether CI demands every prerequisite.
-pub fn under_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use berth_conformance::peers::{require, require_docker, require_file};
 
-/// Whether `tool` is on PATH; under `CI=true` a missing tool is a failure, never a skip.
-pub fn require(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        if under_ci() {
-            panic!("{tool} is required under CI=true but is not installed");
-        }
-        eprintln!("SKIP: {tool} not installed (set CI=true to make this a failure)");
-    }
-    found
-}
-
-/// Whether `path` exists (e.g. `/bin/busybox` from Debian's `busybox-static`); under `CI=true`
-/// a missing file is a failure, never a skip.
-pub fn require_file(path: &str, package: &str) -> bool {
-    let found = Path::new(path).exists();
-    if !found {
-        if under_ci() {
-            panic!("{path} (package {package}) is required under CI=true but is missing");
-        }
-        eprintln!("SKIP: {path} missing: install {package} (set CI=true to make this a failure)");
-    }
-    found
-}
-
-/// Whether the docker CLI is installed and a daemon answers; a failure under `CI=true`.
-pub fn require_docker() -> bool {
-    if !require("docker") {
-        return false;
-    }
-    let ok = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if under_ci() {
-            panic!("no docker daemon answers (`docker info` fails) under CI=true");
-        }
-        eprintln!("SKIP: no docker daemon answers (set CI=true to make this a failure)");
-    }
-    ok
-}
-
-/// The command, its status, stdout and stderr, for a failure message.
+/// The command and everything it printed, for failure messages.
 pub fn show(cmd: &Command, out: &Output) -> String {
     format!(
         "command: {cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",

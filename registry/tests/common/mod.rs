@@ -8,44 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Whether `tool` is on PATH; under CI a missing tool is a failure, never a silent skip.
-pub fn require(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is required under CI=true but is not installed; .ci/run installs it");
-        }
-        eprintln!("SKIP: {tool} not installed (set CI=true to make this a failure)");
-    }
-    found
-}
-
-/// Whether a docker daemon answers.
-pub fn require_docker() -> bool {
-    if !require("docker") {
-        return false;
-    }
-    let ok = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no docker daemon answers under CI=true; .ci/run starts dockerd");
-        }
-        eprintln!("SKIP: no docker daemon (start dockerd --iptables=false --bridge=none)");
-    }
-    ok
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use berth_conformance::peers::{require, require_docker};
 
 /// Runs `cmd`; panics with the command, status, stdout and stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
