@@ -10,7 +10,6 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,22 +214,54 @@ pub async fn push(
             ));
         }
     }
-    let total: u64 = tree.blobs.iter().map(|b| b.size).sum();
-    let rep = Reporter::new(show, total);
+    let counts = move_blobs(&tree.blobs, jobs, show, "pushed", |b, tick| async move {
+        dst.upload(&b.digest, b.size, &layout.blob_path(&b.digest), None, &|n| tick.add(n))
+            .await
+    })
+    .await?;
+    put_manifests(&tree, dst, dst_ref, counts).await
+}
+
+/// Progress of one blob: its bar and the total.
+#[derive(Clone)]
+struct Tick {
+    bar: ProgressBar,
+    total: ProgressBar,
+}
+
+impl Tick {
+    fn add(&self, n: u64) {
+        self.bar.inc(n);
+        self.total.inc(n);
+    }
+}
+
+/// Moves `blobs` with `one` (at most `jobs` at a time), showing progress and counting what
+/// existed, was mounted, or was sent (`sent_verb` in progress lines).
+async fn move_blobs<'a, F, Fut>(
+    blobs: &'a [Descriptor],
+    jobs: usize,
+    show: Show,
+    sent_verb: &str,
+    one: F,
+) -> Result<Counts>
+where
+    F: Fn(&'a Descriptor, Tick) -> Fut,
+    Fut: std::future::Future<Output = Result<Uploaded>>,
+{
+    let rep = Reporter::new(show, blobs.iter().map(|b| b.size).sum());
     let (sent, skipped, mounted) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let bytes = std::sync::atomic::AtomicU64::new(0);
-    futures::stream::iter(tree.blobs.iter().map(|b| {
+    futures::stream::iter(blobs.iter().map(|b| {
+        let bar = rep.blob(&b.digest, b.size);
+        let tick = Tick {
+            bar: bar.clone(),
+            total: rep.total.clone(),
+        };
+        let work = one(b, tick.clone());
         let (rep, sent, skipped, mounted, bytes) = (&rep, &sent, &skipped, &mounted, &bytes);
         async move {
-            let bar = rep.blob(&b.digest, b.size);
-            let tick = |n: u64| {
-                bar.inc(n);
-                rep.total.inc(n);
-            };
-            let how = dst
-                .upload(&b.digest, b.size, &layout.blob_path(&b.digest), None, &tick)
-                .await?;
-            let verb = match how {
+            let verb = match work.await? {
                 Uploaded::Existed => {
                     skipped.fetch_add(1, Ordering::Relaxed);
                     "exists"
@@ -242,9 +273,13 @@ pub async fn push(
                 Uploaded::Sent => {
                     sent.fetch_add(1, Ordering::Relaxed);
                     bytes.fetch_add(b.size, Ordering::Relaxed);
-                    "pushed"
+                    sent_verb
                 }
             };
+            if verb != sent_verb {
+                // Nothing moved: the bars still reach the end.
+                tick.add(b.size.saturating_sub(bar.position()));
+            }
             rep.done(verb, &b.digest, b.size, &bar);
             Ok::<_, Error>(())
         }
@@ -253,13 +288,12 @@ pub async fn push(
     .try_collect::<Vec<()>>()
     .await?;
     rep.finish();
-    let counts = Counts {
+    Ok(Counts {
         transferred: sent.into_inner(),
         skipped: skipped.into_inner(),
         mounted: mounted.into_inner(),
         bytes: bytes.into_inner(),
-    };
-    put_manifests(&tree, dst, dst_ref, counts).await
+    })
 }
 
 /// What moved, for the summary.
@@ -392,54 +426,22 @@ pub async fn copy(
     })
     .await?;
     let same_registry = src.t.registry == dst.t.registry;
-    let total: u64 = tree.blobs.iter().map(|b| b.size).sum();
-    let rep = Reporter::new(show, total);
-    let (sent, skipped, mounted) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    let tmp = Arc::new(tmp.to_owned());
-    futures::stream::iter(tree.blobs.iter().map(|b| {
-        let (rep, sent, skipped, mounted, bytes, tmp) = (&rep, &sent, &skipped, &mounted, &bytes, tmp.clone());
-        async move {
-            let bar = rep.blob(&b.digest, b.size);
-            let tick = |n: u64| {
-                bar.inc(n);
-                rep.total.inc(n);
-            };
-            if dst.blob_size(&b.digest).await?.is_some() {
-                tick(b.size);
-                skipped.fetch_add(1, Ordering::Relaxed);
-                rep.done("exists", &b.digest, b.size, &bar);
-                return Ok(());
-            }
-            if same_registry && dst.mount(&b.digest, &src.name).await? {
-                tick(b.size);
-                mounted.fetch_add(1, Ordering::Relaxed);
-                rep.done("mounted", &b.digest, b.size, &bar);
-                return Ok(());
-            }
-            let file = tmp.join(b.digest.hex());
-            let partial = tmp.join(format!("{}.partial", b.digest.hex()));
-            // Half the bar for the download, half for the upload would mislead: the bar
-            // follows the download; the upload is reported when done.
-            src.download(&b.digest, &partial, &file, &tick).await?;
-            let result = dst.upload(&b.digest, b.size, &file, None, &|_| {}).await;
-            let _ = std::fs::remove_file(&file);
-            result?;
-            sent.fetch_add(1, Ordering::Relaxed);
-            bytes.fetch_add(b.size, Ordering::Relaxed);
-            rep.done("copied", &b.digest, b.size, &bar);
-            Ok::<_, Error>(())
+    let counts = move_blobs(&tree.blobs, jobs, show, "copied", |b, tick| async move {
+        if dst.blob_size(&b.digest).await?.is_some() {
+            return Ok(Uploaded::Existed);
         }
-    }))
-    .buffer_unordered(jobs.max(1))
-    .try_collect::<Vec<()>>()
+        if same_registry && dst.mount(&b.digest, &src.name).await? {
+            return Ok(Uploaded::Mounted);
+        }
+        let file = tmp.join(b.digest.hex());
+        let partial = tmp.join(format!("{}.partial", b.digest.hex()));
+        // The bar follows the download; the upload is reported when done.
+        src.download(&b.digest, &partial, &file, &|n| tick.add(n)).await?;
+        let result = dst.upload(&b.digest, b.size, &file, None, &|_| {}).await;
+        let _ = std::fs::remove_file(&file);
+        result?;
+        Ok(Uploaded::Sent)
+    })
     .await?;
-    rep.finish();
-    let counts = Counts {
-        transferred: sent.into_inner(),
-        skipped: skipped.into_inner(),
-        mounted: mounted.into_inner(),
-        bytes: bytes.into_inner(),
-    };
     put_manifests(&tree, dst, dst_ref, counts).await
 }
