@@ -1,0 +1,2 @@
+//! berth-node (being written).
+fn main() {}
