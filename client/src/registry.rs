@@ -240,6 +240,27 @@ impl Repo {
         }
     }
 
+    /// Opens blob `d` for streaming from byte `from` on (a `Range` request when `from > 0`).
+    /// Returns the response and the offset its body starts at: 0 when the server ignored
+    /// the range, so a caller resuming a stream must skip what it already has. The caller
+    /// verifies the digest; this is for consumers that process bytes as they arrive (the
+    /// node unpacks layers while they download) rather than landing them in a file first.
+    pub async fn open_blob(&self, d: &Digest, from: u64) -> Result<(reqwest::Response, u64)> {
+        let path = format!("/v2/{}/blobs/{d}", self.name);
+        let mut h = HeaderMap::new();
+        if from > 0 {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-")) {
+                h.insert(RANGE, v);
+            }
+        }
+        let r = self.t.send(Method::GET, &path, &self.pull_scope(), h, None).await?;
+        match r.status() {
+            StatusCode::OK => Ok((r, 0)),
+            StatusCode::PARTIAL_CONTENT => Ok((r, from)),
+            _ => Err(self.t.fail(r).await),
+        }
+    }
+
     /// Downloads a blob to `dest`, resuming with `Range` after a dropped connection, verifying
     /// the digest before the file gets its final name (via `partial`).
     pub async fn download(

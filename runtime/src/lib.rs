@@ -2,9 +2,11 @@
 //! snapshots keyed by chain ID, and run containers in namespaces and cgroups.
 //!
 //! # Layout
+//! - [`node`]: the state root and its layout; the lock shared records change under.
 //! - [`content`]: blobs by digest under `<root>/content`, written via ingest + verify + rename.
 //! - [`image`]: image records (reference → manifest, config, chain IDs) and the pull pipeline:
 //!   layers fetched in parallel, each decompressed and unpacked while it downloads.
+//! - [`gc`]: `rmi` and `prune`: what no image and no container reaches is deleted.
 //! - [`snapshot`]: the overlay snapshotter; computes mounts as data, never mounts.
 //! - [`unpack`]: applies one layer (a tar stream) into a snapshot directory, OCI whiteouts
 //!   turned into overlay whiteouts, no entry escaping the directory.
@@ -24,9 +26,15 @@
 pub mod cgroup;
 pub mod container;
 pub mod content;
+mod error;
+pub mod gc;
 pub mod image;
 pub mod linux;
+pub mod node;
 pub mod snapshot;
 pub mod spec;
 pub mod sys;
 pub mod unpack;
+
+pub use error::{Error, Result};
+pub use node::Node;
