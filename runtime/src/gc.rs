@@ -72,6 +72,10 @@ pub fn prune(node: &Node) -> Result<Pruned> {
     }
     out.bytes += node.content.clean_ingest(std::time::Duration::from_secs(0))?;
 
+    // Directories a crashed snapshot operation left without a record.
+    for p in node.snapshots.cleanup()? {
+        tracing::info!(path = %p.display(), "removed an unrecorded snapshot directory");
+    }
     let all = node.snapshots.list()?;
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut roots: Vec<String> = images

@@ -367,6 +367,9 @@ pub fn supervise(node: &Node, c: &Container, attach: bool) -> Result<i32> {
         Ok(code) => *code,
         Err(_) => 125,
     };
+    if c.record.runtime.is_none() {
+        reap_cgroup(&c.record.id);
+    }
     state.status = Status::Exited;
     state.pid = None;
     state.supervisor = None;
@@ -382,6 +385,24 @@ pub fn supervise(node: &Node, c: &Container, attach: bool) -> Result<i32> {
         c.set_state(&state)?;
     }
     result
+}
+
+/// Kills and removes what is left of the container's cgroup. The embedded runtime does this
+/// itself; only a runtime that was killed (SIGKILL, OOM of the runner) leaves one behind.
+fn reap_cgroup(id: &str) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let path = format!("/berth/{id}");
+    let Ok(m) = crate::cgroup::manager_for(&path, Path::new("/sys/fs/cgroup"), &mountinfo) else {
+        return;
+    };
+    if m.pids().is_ok_and(|p| !p.is_empty()) {
+        let _ = m.kill_all(Signal::SIGKILL);
+    }
+    if m.pids().is_ok() {
+        let _ = m.remove();
+    }
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -556,8 +556,11 @@ impl BlockedSignals {
         Ok(BlockedSignals { previous })
     }
 
+    /// The container process starts with no signal blocked, whatever the runner inherited
+    /// (a child inherits its parent's mask through exec, and a supervisor may block some).
     fn restore(&self) -> Result<(), Error> {
-        self.previous
+        let _ = &self.previous;
+        SigSet::empty()
             .thread_set_mask()
             .map_err(errno_err("restore signal mask"))
     }
