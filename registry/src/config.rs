@@ -5,6 +5,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Everything the registry can be told.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +29,90 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTPS.
     pub tls: TlsConfig,
+    /// Garbage collection (the background task of `serve`, and the defaults of
+    /// `berth-registry gc`).
+    pub gc: GcConfig,
+}
+
+/// Garbage collection settings.
+///
+/// Why these defaults: a run is cheap (one read of the metadata, one listing of the store), so
+/// hourly keeps space from piling up. The grace period is a day because it must outlast
+/// everything that legitimately holds unreferenced content: the longest push (blobs are
+/// uploaded before their manifest), multi-architecture builds that push each platform's image
+/// by digest and the index later, a client that resolved a tag just before it moved, and clock
+/// skew between replicas. Reclaiming a day later costs only disk; reclaiming too early breaks a
+/// release. Upload sessions idle for a day are abandoned: clients resume within minutes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run the collector in the background of `serve`. Safe on every replica at once (each
+    /// deletion re-checks under a row lock); turn it off on all but one to save the work.
+    pub enabled: bool,
+    /// Seconds between background runs; the first starts after a random part of it, so
+    /// replicas started together do not collect at the same moment.
+    pub interval_secs: u64,
+    /// Seconds unreferenced content is kept: untagged manifests, blobs no manifest needs.
+    pub grace_secs: u64,
+    /// Seconds an upload session may go without a chunk before it is purged with its data.
+    pub upload_expiry_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval_secs: 3600,
+            grace_secs: 24 * 3600,
+            upload_expiry_secs: 24 * 3600,
+        }
+    }
+}
+
+impl GcConfig {
+    /// The collector's options for a run (not a dry run).
+    pub fn options(&self) -> berth_storage::gc::GcOptions {
+        berth_storage::gc::GcOptions {
+            grace: Duration::from_secs(self.grace_secs),
+            upload_expiry: Duration::from_secs(self.upload_expiry_secs),
+            dry_run: false,
+        }
+    }
+}
+
+/// Parses a duration such as `90s`, `15m`, `24h`, `7d`, `1h30m` or `0`; a bare number is
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 0, 90s, 15m, 24h, 7d or 1h30m");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_len = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
+        if digits == 0 || unit_len == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = match &rest[digits..digits + unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86400),
+            _ => return Err(bad()),
+        };
+        let part = unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[digits + unit_len..];
+    }
+    Ok(total)
 }
 
 /// How clients prove who they are.
@@ -196,6 +281,7 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -234,6 +320,14 @@ impl Config {
         }
         anyhow::ensure!(self.page_size > 0, "page_size must be at least 1");
         anyhow::ensure!(
+            !self.gc.enabled || self.gc.interval_secs > 0,
+            "gc.interval_secs must be at least 1 (or set gc.enabled = false)"
+        );
+        anyhow::ensure!(
+            self.gc.upload_expiry_secs > 0,
+            "gc.upload_expiry_secs must be at least 1"
+        );
+        anyhow::ensure!(
             self.max_manifest_bytes >= 4 * 1024 * 1024,
             "max_manifest_bytes must be at least 4 MiB (4194304): the distribution spec requires registries to accept manifests that large"
         );
@@ -265,5 +359,33 @@ mod tests {
             (c.max_manifest_bytes, c.shutdown_grace_secs),
             (d.max_manifest_bytes, d.shutdown_grace_secs)
         );
+        assert_eq!(
+            (
+                c.gc.enabled,
+                c.gc.interval_secs,
+                c.gc.grace_secs,
+                c.gc.upload_expiry_secs
+            ),
+            (
+                d.gc.enabled,
+                d.gc.interval_secs,
+                d.gc.grace_secs,
+                d.gc.upload_expiry_secs
+            )
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "h", "1x", "-1s", "1h-", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the one [`Config`], validated at start.
+//! - [`gc`]: the garbage collector in the background of `serve`.
 //! - [`http`]: routing and one module per resource (blobs, uploads, manifests, tags and
 //!   catalog, referrers); `http::error` writes every error in the spec's envelope.
 //! - Storage and metadata live in `berth-storage`; handlers only parse, call it, and answer.
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod gc;
 pub mod http;
 pub mod tls;
 
@@ -41,14 +43,7 @@ impl AppState {
     /// migrations).
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create data directory {}: {e}; pass --data DIR with a writable directory",
-                config.data.display()
-            )
-        })?;
-        let blobs = BlobStore::local(&config.data)?;
-        let meta = Meta::connect(&config.database_url()).await?;
+        let (blobs, meta) = open_storage(&config).await?;
         let uploads = Uploads::new(blobs.clone(), meta.clone());
         let mode = Self::auth_mode(&config, &meta).await?;
         // Behind a TLS-terminating proxy (--insecure-http) clients still speak HTTPS: the token
@@ -82,6 +77,20 @@ impl AppState {
         );
         Ok(config::AuthMode::None)
     }
+}
+
+/// Opens the blob store and the metadata database as configured (creating the data
+/// directory, applying migrations): what `serve`, `gc` and the account commands share.
+pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> {
+    std::fs::create_dir_all(&config.data).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create data directory {}: {e}; pass --data DIR with a writable directory",
+            config.data.display()
+        )
+    })?;
+    let blobs = BlobStore::local(&config.data)?;
+    let meta = Meta::connect(&config.database_url()).await?;
+    Ok((blobs, meta))
 }
 
 /// The HTTP application.

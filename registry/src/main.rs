@@ -4,7 +4,7 @@
 use anyhow::Context;
 use berth_registry::auth::rules::RobotScope;
 use berth_registry::auth::{hash_password, BCRYPT_COST};
-use berth_registry::config::{Action, AuthMode};
+use berth_registry::config::{parse_duration, Action, AuthMode};
 use berth_registry::tls::{self, TlsSource};
 use berth_registry::{AppState, Config};
 use berth_storage::meta::Account;
@@ -49,6 +49,23 @@ enum Cmd {
     },
     /// Apply pending database migrations and exit (`serve` also applies them on start).
     Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Collect garbage now, online (a running registry keeps serving, pushes included):
+    /// untagged manifests, blobs no manifest needs, expired upload sessions. Exits non-zero
+    /// when some item could not be collected.
+    Gc {
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced content younger than this, e.g. 30m, 24h, 0 [default: the
+        /// config's gc.grace_secs, 24h].
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+        /// Purge upload sessions idle for this long [default: gc.upload_expiry_secs, 24h].
+        #[arg(long, value_parser = parse_duration)]
+        upload_expiry: Option<Duration>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -188,7 +205,7 @@ impl ServeArgs {
 }
 
 impl StoreArgs {
-    async fn open(&self) -> anyhow::Result<Meta> {
+    fn config(&self) -> anyhow::Result<Config> {
         let mut c = load_config(self.config.as_ref())?;
         if let Some(v) = &self.data {
             c.data = v.clone();
@@ -196,6 +213,11 @@ impl StoreArgs {
         if let Some(v) = &self.database {
             c.database = Some(v.clone());
         }
+        Ok(c)
+    }
+
+    async fn open(&self) -> anyhow::Result<Meta> {
+        let c = self.config()?;
         std::fs::create_dir_all(&c.data)
             .with_context(|| format!("cannot create data directory {}", c.data.display()))?;
         Ok(Meta::connect(&c.database_url()).await?)
@@ -239,6 +261,12 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::Migrate { store }) => store.open().await.map(|meta| {
             println!("database is up to date ({:?})", meta.dialect());
         }),
+        Some(Cmd::Gc {
+            dry_run,
+            grace,
+            upload_expiry,
+            store,
+        }) => gc(store, dry_run, grace, upload_expiry).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -295,6 +323,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let state = AppState::open(config).await?;
+    let _gc = berth_registry::gc::spawn(&state.config.gc, state.meta.clone(), state.blobs.clone());
     let listener = std::net::TcpListener::bind(listen).with_context(|| {
         format!("cannot listen on {listen}: is another registry running? pick another with --listen")
     })?;
@@ -338,6 +367,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } => tracing::warn!("grace period over: exiting with requests still in flight"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn gc(
+    store: StoreArgs,
+    dry_run: bool,
+    grace: Option<Duration>,
+    upload_expiry: Option<Duration>,
+) -> anyhow::Result<()> {
+    let config = store.config()?;
+    let mut opts = config.gc.options();
+    opts.dry_run = dry_run;
+    if let Some(g) = grace {
+        opts.grace = g;
+    }
+    if let Some(u) = upload_expiry {
+        anyhow::ensure!(
+            !u.is_zero(),
+            "--upload-expiry must be more than 0: open uploads need time to finish"
+        );
+        opts.upload_expiry = u;
+    }
+    let (blobs, meta) = berth_registry::open_storage(&config).await?;
+    let report = berth_storage::gc::collect(&meta, &blobs, &opts).await?;
+    println!("{report}");
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} items could not be collected (causes in the log above); the next run retries them",
+        report.errors
+    );
     Ok(())
 }
 

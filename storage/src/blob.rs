@@ -15,7 +15,9 @@ use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMul
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Size of the parts handed to the backend while streaming a chunk in. Large enough that a
 /// local file system sees few, big writes; S3's 5 MiB minimum part size is below it.
@@ -43,13 +45,19 @@ pub struct BlobRead {
 /// Blob bytes, content-addressed, over an object store.
 #[derive(Clone)]
 pub struct BlobStore {
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// The directory of a local store, for what object_store does not show: its own staging
+    /// files (`<key>#<n>`, which its listings skip) and directories a rename left empty.
+    local_root: Option<PathBuf>,
 }
 
 impl BlobStore {
     /// A store over any backend.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        BlobStore { store }
+        BlobStore {
+            store,
+            local_root: None,
+        }
     }
 
     /// A store in a local directory (created if missing).
@@ -61,11 +69,16 @@ impl BlobStore {
                 source: Box::new(e),
             },
         })?;
-        let fs = LocalFileSystem::new_with_prefix(root)
-            .map_err(Error::backend(&Path::from("/")))?
-            // Empty fan-out directories are removed when their last blob goes.
-            .with_automatic_cleanup(true);
-        Ok(Self::new(Arc::new(fs)))
+        // No automatic cleanup of empty directories: it climbs up to `uploads/` and `blobs/`
+        // themselves, and a concurrent writer whose create_dir_all loses an ancestor midway
+        // fails. Session directories are removed by name instead (see `delete_parts`); the
+        // at most 256 fan-out directories per algorithm stay.
+        let fs = LocalFileSystem::new_with_prefix(root).map_err(Error::backend(&Path::from("/")))?;
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+        Ok(BlobStore {
+            store: Arc::new(fs),
+            local_root: Some(root),
+        })
     }
 
     /// Size of the blob if its bytes are present.
@@ -287,12 +300,123 @@ impl BlobStore {
         Ok(h)
     }
 
-    /// Best-effort removal of staged parts; leftovers are swept with expired sessions.
+    /// Best-effort removal of staged parts (and, on a local store, of their session
+    /// directories once empty); leftovers are swept by the collector.
     pub async fn delete_parts(&self, parts: &[Path]) {
+        let mut sessions = Vec::new();
         for p in parts {
             if let Err(e) = self.delete_key(p).await {
                 tracing::warn!(key = %p, error = %e, "could not remove staged part");
             }
+            if let Some(s) = paths::session_of_upload(p) {
+                if !sessions.contains(&s) {
+                    sessions.push(s);
+                }
+            }
+        }
+        for s in sessions {
+            self.remove_upload_dir(&s).await;
+        }
+    }
+
+    /// Every committed blob in the store and its size; keys that are not blob keys are
+    /// skipped with a warning.
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let root = paths::blobs_root();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(Error::backend(&root))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| match paths::digest_of_blob(&m.location) {
+                Some(d) => Some((d, m.size)),
+                None => {
+                    tracing::warn!(key = %m.location, "not a blob key: left alone");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Ids of the upload sessions that have anything stored (on a local store, a directory
+    /// counts, even empty).
+    pub async fn list_upload_sessions(&self) -> Result<Vec<String>> {
+        let root = paths::uploads_root();
+        match self.store.list_with_delimiter(Some(&root)).await {
+            Ok(l) => Ok(l
+                .common_prefixes
+                .iter()
+                .chain(l.objects.iter().map(|o| &o.location))
+                .filter_map(paths::session_of_upload)
+                .collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(Error::backend(&root)(e)),
+        }
+    }
+
+    /// Removes everything staged for `session`: its objects and, on a local store, the
+    /// staging files of interrupted writes and the directory. Returns how many objects and
+    /// files went.
+    pub async fn delete_upload_dir(&self, session: &str) -> Result<u64> {
+        let dir = paths::upload_dir(session);
+        if let Some(root) = &self.local_root {
+            // On a local store the directory holds everything, object_store's hidden staging
+            // files included: remove the tree.
+            let path = root.join(dir.as_ref());
+            return tokio::task::spawn_blocking(move || remove_tree(&path))
+                .await
+                .map_err(|e| Error::Corrupt(format!("cleanup thread failed: {e}")))?
+                .map_err(|e| local_error(&dir, e));
+        }
+        let keys: Vec<_> = match self.store.list(Some(&dir)).try_collect::<Vec<_>>().await {
+            Ok(k) => k,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(Error::backend(&dir)(e)),
+        };
+        let mut removed = 0;
+        for k in keys {
+            self.delete_key(&k.location).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes `session`'s directory on a local store if it is empty, as a rename of its one
+    /// part leaves it. Best effort: a chunk arriving meanwhile recreates it.
+    pub async fn remove_upload_dir(&self, session: &str) {
+        if let Some(root) = &self.local_root {
+            let _ = tokio::fs::remove_dir(root.join(paths::upload_dir(session).as_ref())).await;
+        }
+    }
+
+    /// On a local store, the staging files that interrupted multipart writes left under
+    /// `blobs/` (object_store names them `<key>#<n>` and its listings skip them): each with
+    /// the digest it was being written as and its modification time.
+    pub async fn local_blob_staging(&self) -> Result<Vec<(PathBuf, Option<Digest>, SystemTime)>> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(Vec::new());
+        };
+        let blobs = paths::blobs_root();
+        let dir = root.join(blobs.as_ref());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            staging_files(&root, &dir, &mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("cleanup thread failed: {e}")))?
+        .map_err(|e| local_error(&blobs, e))
+    }
+
+    /// Removes a file found by [`Self::local_blob_staging`]. Absent is success.
+    pub async fn remove_local_file(&self, path: PathBuf) -> Result<()> {
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(local_error(&Path::from(path.display().to_string()), e)),
         }
     }
 
@@ -305,6 +429,90 @@ impl BlobStore {
             .map(|_| ())
             .map_err(Error::backend(&key))
     }
+}
+
+fn local_error(key: &Path, e: std::io::Error) -> Error {
+    Error::Backend {
+        key: key.to_string(),
+        source: object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Removes a directory tree, tolerating entries that vanish meanwhile (a finishing upload
+/// removes its own); returns how many files it removed. A directory that gains an entry
+/// meanwhile stays, for the next run.
+fn remove_tree(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::ErrorKind::{DirectoryNotEmpty, NotFound};
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.kind() == NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let p = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => n += remove_tree(&p)?,
+            Ok(_) => match std::fs::remove_file(&p) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == NotFound => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.kind() == NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(n),
+        Err(e) if matches!(e.kind(), NotFound | DirectoryNotEmpty) => Ok(n),
+        Err(e) => Err(e),
+    }
+}
+
+/// Collects object_store's local staging files (`<name>#<digits>`) under `dir`, with the
+/// digest named by the key they were staged for.
+fn staging_files(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut Vec<(PathBuf, Option<Digest>, SystemTime)>,
+) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let ft = e.file_type()?;
+        let path = e.path();
+        if ft.is_dir() {
+            staging_files(root, &path, out)?;
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((base, n)) = name.rsplit_once('#') else {
+            continue;
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let digest = path
+            .parent()
+            .and_then(|p| p.strip_prefix(root).ok())
+            .map(|p| Path::from(format!("{}/{base}", p.display())))
+            .and_then(|k| paths::digest_of_blob(&k));
+        let modified = e.metadata()?.modified()?;
+        out.push((path, digest, modified));
+    }
+    Ok(())
 }
 
 /// Streams a byte range of a local file with large reads on a blocking thread.

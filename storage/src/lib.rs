@@ -11,15 +11,21 @@
 //!   manifests, tags, referrers, upload sessions).
 //! - [`upload`]: upload sessions: stage each chunk as a part while hashing, then verify and
 //!   commit.
+//! - [`gc`]: online garbage collection (mark from tags, sweep with per-item re-checks under
+//!   row locks), upload-session expiry and staging cleanup.
 //!
 //! # Invariants
 //! - A blob is visible under its digest only after its bytes hashed to that digest; bytes reach
 //!   the digest's key by rename or a multipart completion, never by an in-place write.
 //! - A repository sees a blob only through its link row: the link lookup is the access check.
+//! - Whoever creates a reference locks the referenced row in the same transaction; the
+//!   collector locks it before deciding. Nothing referenced is ever collected, and the
+//!   collector needs no read-only window.
 #![deny(missing_docs)]
 
 pub mod blob;
 mod error;
+pub mod gc;
 pub mod hashstate;
 pub mod meta;
 pub mod paths;

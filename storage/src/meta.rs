@@ -18,6 +18,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod gc;
+pub use gc::{GcBlob, GcGraph, GcLink, GcManifest};
+
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// Which SQL database a URL names.
@@ -63,10 +66,12 @@ fn migrator(dialect: Dialect) -> Migrator {
         Dialect::Sqlite => vec![
             m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             m(2, "users", include_str!("../../migrations/sqlite/0002_users.sql")),
+            m(3, "gc", include_str!("../../migrations/sqlite/0003_gc.sql")),
         ],
         Dialect::Postgres => vec![
             m(1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             m(2, "users", include_str!("../../migrations/postgres/0002_users.sql")),
+            m(3, "gc", include_str!("../../migrations/postgres/0003_gc.sql")),
         ],
     };
     Migrator {
@@ -82,6 +87,15 @@ fn sqlite_url(url: &str, mode: &str) -> String {
     }
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}mode={mode}")
+}
+
+/// Unix milliseconds: the unit of `last_referenced`, fine enough that a collector with no
+/// grace period still keeps what was referenced after it started.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn now() -> i64 {
@@ -245,8 +259,15 @@ impl Meta {
             .map_err(Error::db("creating a repository"))
     }
 
+    /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a
+    /// deferred transaction that read first fails with `SQLITE_BUSY` when another process (a
+    /// `berth-registry gc` beside `serve`) wrote in between, and no busy timeout can save it.
     async fn begin(&self) -> Result<Tx<'_>> {
-        self.write.begin().await.map_err(Error::db("starting a transaction"))
+        match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.write.begin().await,
+        }
+        .map_err(Error::db("starting a transaction"))
     }
 
     // ---- blobs -------------------------------------------------------------------------
@@ -265,29 +286,84 @@ impl Meta {
         size.map(|s| to_u64(s, "blob size")).transpose()
     }
 
+    /// Records the blob row (or touches it) and takes its row lock for the rest of the
+    /// transaction: the collector locks the same row before deciding, so the two serialize.
+    /// Every writer that is about to rely on a blob's bytes goes through here first (lock
+    /// order: blob row, then links, then manifests).
+    async fn touch_blob(tx: &mut Tx<'_>, digest: &Digest, size: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at, last_referenced) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (digest) DO UPDATE SET last_referenced = excluded.last_referenced",
+        )
+        .bind(digest.to_string())
+        .bind(size as i64)
+        .bind(now())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db("recording a blob"))?;
+        Ok(())
+    }
+
     /// Records the committed blob and links it into `repo`.
     pub async fn link_blob(&self, repo: &str, digest: &Digest, size: u64) -> Result<()> {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest.to_string())
-            .bind(size as i64)
-            .bind(now())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("recording a blob"))?;
+        Self::touch_blob(&mut tx, digest, size).await?;
         Self::link(&mut tx, repo_id, digest).await?;
         tx.commit().await.map_err(Error::db("recording a blob"))
     }
 
+    /// First step of committing upload `id` as blob `digest`, before its bytes move: records
+    /// the digest on the session (which keeps the blob from the collector until
+    /// [`Meta::link_upload`]) and the blob row. Only if the session still holds `size`
+    /// bytes (no chunk landed meanwhile); returns whether it did.
+    ///
+    /// Why before the bytes: a collector that deleted the row and is deleting the bytes holds
+    /// the row's lock until it is done, so once this returns, the bytes are either gone for
+    /// good (the caller writes its own) or protected by the session.
+    pub async fn reserve_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let r = sqlx::query("UPDATE uploads SET digest = $1, updated_at = $2 WHERE id = $3 AND size = $4")
+            .bind(digest.to_string())
+            .bind(now())
+            .bind(id)
+            .bind(size as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("committing an upload"))?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::touch_blob(&mut tx, digest, size).await?;
+        tx.commit().await.map_err(Error::db("committing an upload"))?;
+        Ok(true)
+    }
+
+    /// Last step of committing an upload, once its bytes are in place: links the blob into
+    /// `repo` and closes session `id`, in one transaction.
+    pub async fn link_upload(&self, id: &str, repo: &str, digest: &Digest, size: u64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        Self::touch_blob(&mut tx, digest, size).await?;
+        Self::link(&mut tx, repo_id, digest).await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("closing an upload session"))?;
+        tx.commit().await.map_err(Error::db("committing an upload"))
+    }
+
     async fn link(tx: &mut Tx<'_>, repo_id: i64, digest: &Digest) -> Result<()> {
         sqlx::query(
-            "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (repo_id, digest) DO NOTHING",
+            "INSERT INTO repo_blobs (repo_id, digest, created_at, last_referenced) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET last_referenced = excluded.last_referenced",
         )
         .bind(repo_id)
         .bind(digest.to_string())
         .bind(now())
+        .bind(now_ms())
         .execute(&mut **tx)
         .await
         .map_err(Error::db("linking a blob"))?;
@@ -296,15 +372,44 @@ impl Meta {
 
     /// Links into `repo` a blob that `from` links (cross-repository mount). Returns the size,
     /// or `None` when `from` does not have it — then nothing changes.
+    ///
+    /// The blob row and the source link are locked (touched) in the transaction that adds the
+    /// new link, so a collector cannot remove them between the check and the link.
     pub async fn mount_blob(&self, repo: &str, from: &str, digest: &Digest) -> Result<Option<u64>> {
-        let Some(size) = self.linked_blob(from, digest).await? else {
+        let mut tx = self.begin().await?;
+        let size: Option<i64> = sqlx::query_scalar(
+            "UPDATE blobs SET last_referenced = $1 WHERE digest = $2 \
+             AND EXISTS (SELECT 1 FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id WHERE r.name = $3 AND l.digest = $2) \
+             RETURNING size",
+        )
+        .bind(now_ms())
+        .bind(digest.to_string())
+        .bind(from)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::db("mounting a blob"))?;
+        let Some(size) = size else {
             return Ok(None);
         };
-        let mut tx = self.begin().await?;
+        let source = sqlx::query(
+            "UPDATE repo_blobs SET last_referenced = $1 WHERE digest = $2 \
+             AND repo_id = (SELECT id FROM repositories WHERE name = $3)",
+        )
+        .bind(now_ms())
+        .bind(digest.to_string())
+        .bind(from)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("mounting a blob"))?;
+        if source.rows_affected() != 1 {
+            // The source link went between the two statements (PostgreSQL sees each
+            // statement's own snapshot): not mountable.
+            return Ok(None);
+        }
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         Self::link(&mut tx, repo_id, digest).await?;
         tx.commit().await.map_err(Error::db("mounting a blob"))?;
-        Ok(Some(size))
+        Ok(Some(to_u64(size, "blob size")?))
     }
 
     /// Removes `repo`'s link to a blob. The bytes stay until garbage collection finds no
@@ -336,28 +441,40 @@ impl Meta {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         // Blobs must be linked into the repository; index children must be manifests in it.
+        // Each check is an UPDATE that touches the row: it takes the row's lock, which the
+        // collector takes too before deciding, so a reference is either seen by the collector
+        // or made to something the collector has not deleted. Sorted, so that two puts lock
+        // shared rows in one order and cannot deadlock.
+        let mut blob_refs: Vec<&Digest> = parsed.blobs.iter().map(|d| &d.digest).collect();
+        let mut manifest_refs: Vec<&Digest> = parsed.manifests.iter().map(|d| &d.digest).collect();
+        blob_refs.sort();
+        blob_refs.dedup();
+        manifest_refs.sort();
+        manifest_refs.dedup();
+        let (now, now_ms) = (now(), now_ms());
         let checks = [
             (
-                "SELECT CAST(1 AS BIGINT) FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
-                &parsed.blobs,
+                "UPDATE repo_blobs SET last_referenced = $1 WHERE repo_id = $2 AND digest = $3",
+                &blob_refs,
             ),
             (
-                "SELECT CAST(1 AS BIGINT) FROM manifests WHERE repo_id = $1 AND digest = $2",
-                &parsed.manifests,
+                "UPDATE manifests SET last_referenced = $1 WHERE repo_id = $2 AND digest = $3",
+                &manifest_refs,
             ),
         ];
         for (sql, refs) in checks {
             for r in refs {
-                let found: Option<i64> = sqlx::query_scalar(sql)
+                let found = sqlx::query(sql)
+                    .bind(now_ms)
                     .bind(repo_id)
-                    .bind(r.digest.to_string())
-                    .fetch_optional(&mut *tx)
+                    .bind(r.to_string())
+                    .execute(&mut *tx)
                     .await
                     .map_err(Error::db("checking manifest references"))?;
-                if found.is_none() {
+                if found.rows_affected() == 0 {
                     return Err(Error::ManifestBlobUnknown {
                         repo: repo.to_owned(),
-                        digest: r.digest.clone(),
+                        digest: (*r).clone(),
                     });
                 }
             }
@@ -367,8 +484,9 @@ impl Meta {
             None => None,
         };
         sqlx::query(
-            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repo_id, digest) DO NOTHING",
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at, last_referenced) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET last_referenced = excluded.last_referenced",
         )
         .bind(repo_id)
         .bind(digest.to_string())
@@ -377,7 +495,8 @@ impl Meta {
         .bind(parsed.subject.as_ref().map(|s| s.digest.to_string()))
         .bind(annotations)
         .bind(content)
-        .bind(now())
+        .bind(now)
+        .bind(now_ms)
         .execute(&mut *tx)
         .await
         .map_err(Error::db("storing a manifest"))?;
@@ -394,6 +513,7 @@ impl Meta {
             .map_err(Error::db("storing manifest references"))?;
         }
         if let Some(tag) = tag {
+            Self::touch_tagged(&mut tx, repo_id, tag, now_ms).await?;
             sqlx::query(
                 "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
@@ -401,12 +521,29 @@ impl Meta {
             .bind(repo_id)
             .bind(tag)
             .bind(digest.to_string())
-            .bind(now())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(Error::db("tagging a manifest"))?;
         }
         tx.commit().await.map_err(Error::db("storing a manifest"))
+    }
+
+    /// Touches the manifest `tag` points at, before the tag moves or goes: its grace period
+    /// counts from when it lost its tag, so a client that resolved the tag a moment ago can
+    /// still pull what it named.
+    async fn touch_tagged(tx: &mut Tx<'_>, repo_id: i64, tag: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE manifests SET last_referenced = $1 WHERE repo_id = $2 \
+             AND digest = (SELECT manifest_digest FROM tags WHERE repo_id = $2 AND name = $3)",
+        )
+        .bind(now_ms)
+        .bind(repo_id)
+        .bind(tag)
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db("moving a tag"))?;
+        Ok(())
     }
 
     /// A manifest by tag or digest; with its content when `with_content`.
@@ -505,22 +642,31 @@ impl Meta {
         tx.commit().await.map_err(Error::db("deleting a manifest"))
     }
 
-    /// Deletes a tag; the manifest stays, reachable by digest.
+    /// Deletes a tag; the manifest stays, reachable by digest (until the collector finds it
+    /// untagged for longer than its grace period).
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<()> {
-        let r =
-            sqlx::query("DELETE FROM tags WHERE name = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)")
-                .bind(tag)
-                .bind(repo)
-                .execute(&self.write)
-                .await
-                .map_err(Error::db("deleting a tag"))?;
+        let unknown = || Error::ManifestUnknown {
+            repo: repo.to_owned(),
+            reference: tag.to_owned(),
+        };
+        let mut tx = self.begin().await?;
+        let repo_id: i64 = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a tag"))?
+            .ok_or_else(unknown)?;
+        Self::touch_tagged(&mut tx, repo_id, tag, now_ms()).await?;
+        let r = sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
+            .bind(repo_id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a tag"))?;
         if r.rows_affected() == 0 {
-            return Err(Error::ManifestUnknown {
-                repo: repo.to_owned(),
-                reference: tag.to_owned(),
-            });
+            return Err(unknown());
         }
-        Ok(())
+        tx.commit().await.map_err(Error::db("deleting a tag"))
     }
 
     /// Up to `n` tags of `repo` after `last`, in lexical (byte) order.

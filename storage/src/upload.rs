@@ -7,8 +7,12 @@
 //!    staged part, hashing on the way, then records part + hash state with a compare-and-swap
 //!    on the session size. A chunk that fails midway leaves the session as it was.
 //! 3. [`Uploads::finish`] checks the digest from the saved state (no re-read when the state is
-//!    intact), makes the parts the blob, links it into the repository and closes the session.
+//!    intact), records the digest on the session (from then on the session keeps the blob
+//!    from the garbage collector), makes the parts the blob, then links it into the repository
+//!    and closes the session in one transaction.
 //! 4. [`Uploads::cancel`] drops the session and its parts.
+//! 5. Sessions left without a chunk for longer than the expiry are purged by the collector
+//!    ([`crate::gc`]), with their parts.
 
 use crate::blob::BlobStore;
 use crate::error::{Error, Result};
@@ -177,9 +181,18 @@ impl Uploads {
         }
         let parts: Vec<(Path, u64)> = row.parts.iter().map(|p| (Path::from(p.key.as_str()), p.size)).collect();
         self.blobs.check_parts(&parts).await?;
+        // The session holds the blob against the collector from here until it is linked
+        // (see Meta::reserve_upload): only then may its bytes be trusted or moved in place.
+        if !self.meta.reserve_upload(id, row.size, digest).await? {
+            let current = self.meta.get_upload(repo, id).await?;
+            return Err(Error::OutOfOrder {
+                offset: current.size,
+                start: row.size,
+            });
+        }
         self.blobs.commit(&part_keys(&row), digest, row.size).await?;
-        self.meta.link_blob(repo, digest, row.size).await?;
-        self.meta.delete_upload(id).await?;
+        self.meta.link_upload(id, repo, digest, row.size).await?;
+        self.blobs.remove_upload_dir(id).await;
         Ok(row.size)
     }
 
