@@ -7,11 +7,12 @@
 //! 2. Compute each layer's chain ID from the config's `diff_ids`
 //!    (ChainID(L0) = DiffID(L0); ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))). A layer
 //!    whose chain snapshot exists is neither downloaded nor unpacked.
-//! 3. Every other layer, in parallel: one HTTP stream feeds one blocking thread that tees the
-//!    compressed bytes into the content store, decompresses, and unpacks into a fresh active
-//!    snapshot — so no layer is read twice, and unpacking overlaps the download. The thread
-//!    checks the uncompressed digest against `diff_ids[n]`, the tee checks the compressed
-//!    digest against the manifest; either mismatch discards the layer.
+//! 3. Every other layer, in parallel: one HTTP stream feeds one blocking thread that hashes
+//!    the compressed bytes (and, with `--keep-layers`, tees them into the content store),
+//!    decompresses, and unpacks into a fresh active snapshot — so no layer is read twice,
+//!    and unpacking overlaps the download. The thread checks the uncompressed digest against
+//!    `diff_ids[n]` and the compressed digest and size against the manifest; either mismatch
+//!    discards the layer.
 //! 4. In layer order, each unpacked snapshot is committed under its chain ID with the
 //!    previous chain ID as parent. One `syncfs` makes it all durable, and only then is the
 //!    image recorded: a crash leaves unreferenced content (pruned later), never an image
@@ -111,7 +112,7 @@ pub struct ImageRecord {
     pub layers: Vec<Descriptor>,
     /// Chain IDs, bottom first: the last names the top snapshot.
     pub chain_ids: Vec<Digest>,
-    /// Uncompressed size of all layers.
+    /// Size of all layers, compressed (what a pull transfers).
     pub size: u64,
     /// Seconds since the epoch when pulled.
     pub pulled: u64,
@@ -398,8 +399,10 @@ pub async fn pull(node: &Node, r: &Reference, platform: &str) -> Result<(ImageRe
     Ok((record, report))
 }
 
-fn image_size(node: &Node, rec: &ImageRecord) -> u64 {
-    rec.layers.iter().filter_map(|l| node.content.size(&l.digest)).sum()
+/// The image's size as the registry serves it (compressed layers): known without reading
+/// the snapshots, and what a pull costs.
+fn image_size(_node: &Node, rec: &ImageRecord) -> u64 {
+    rec.layers.iter().map(|l| l.size).sum()
 }
 
 fn has_committed(node: &Node, chain: &Digest) -> Result<bool> {
@@ -450,32 +453,23 @@ impl Read for ChannelReader {
     }
 }
 
-/// Copies everything read through it into a content writer.
+/// Hashes and counts the compressed stream as it is read (the blob's digest and size), and
+/// copies it into a content writer when compressed layers are kept.
 struct Tee<R> {
     inner: R,
+    hasher: Sha256,
+    size: u64,
     out: Option<crate::content::Writer>,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
         if let Some(w) = self.out.as_mut() {
             io::Write::write_all(w, &buf[..n])?;
         }
-        Ok(n)
-    }
-}
-
-/// Counts and hashes what is read through it (the uncompressed stream, for its DiffID).
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -497,7 +491,8 @@ async fn unpack_layer(node: &Node, repo: &Repo, layer: &Descriptor, diff_id: &Di
     let media_type = layer.media_type.clone();
     let expected = diff_id.clone();
     let ldigest = layer.digest.clone();
-    let writer = if local {
+    let lsize = layer.size;
+    let writer = if local || !node.keep_layers {
         None
     } else {
         Some(node.content.writer(&layer.digest, Some(layer.size))?)
@@ -517,25 +512,28 @@ async fn unpack_layer(node: &Node, repo: &Repo, layer: &Descriptor, diff_id: &Di
             source,
         };
         let mut tee = Tee {
-            inner: io::BufReader::with_capacity(1 << 20, source),
+            inner: source,
+            hasher: Sha256::new(),
+            size: 0,
             out: writer,
         };
         let applied = {
             let decompressed = crate::unpack::decompressor(&media_type, &mut tee).map_err(unpack_err)?;
-            let mut hashing = Hashing {
-                inner: decompressed,
-                hasher: Sha256::new(),
-            };
-            crate::unpack::apply(&mut hashing, &upper).map_err(unpack_err)?;
-            // Whatever the tar reader left (end padding) still counts toward the DiffID.
-            io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io(&upper)(e))?;
-            Digest::from_sha256(&hashing.hasher.finalize())
+            crate::unpack::apply(decompressed, &upper).map_err(unpack_err)?
         };
-        // And whatever the decompressor left toward the compressed digest.
+        // Whatever the decompressor left still counts toward the compressed digest.
         io::copy(&mut tee, &mut io::sink()).map_err(|e| Error::io(&upper)(e))?;
-        if applied != expected {
+        let actual = Digest::from_sha256(&std::mem::take(&mut tee.hasher).finalize());
+        if actual != ldigest || tee.size != lsize {
             return Err(Error::Image(format!(
-                "layer {ldigest} uncompresses to {applied}, but the image config says {expected}: refusing it"
+                "layer {ldigest} ({lsize} bytes) arrived as {actual} ({} bytes): refusing it",
+                tee.size
+            )));
+        }
+        if applied.diff_id != expected {
+            return Err(Error::Image(format!(
+                "layer {ldigest} uncompresses to {}, but the image config says {expected}: refusing it",
+                applied.diff_id
             )));
         }
         if let Some(w) = tee.out.take() {

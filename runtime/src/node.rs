@@ -34,6 +34,11 @@ pub struct Node {
     pub registry: Options,
     /// The OCI runtime binary to use instead of the embedded runtime (`runc`), if any.
     pub runtime: Option<String>,
+    /// Keep compressed layers in the content store after unpacking them. Off by default,
+    /// like containerd's `discard_unpacked_layers`: a node runs images, it does not serve
+    /// them, and the unpacked snapshot is what it needs; keeping both doubles the disk
+    /// written per pull. Manifests and configs are always kept.
+    pub keep_layers: bool,
 }
 
 /// The root's lock, held until dropped.
@@ -51,6 +56,7 @@ impl Node {
             snapshots,
             registry,
             runtime,
+            keep_layers: false,
         })
     }
 

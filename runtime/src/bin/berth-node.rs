@@ -29,6 +29,9 @@ struct Cli {
     /// `embedded`, or an OCI runtime binary on PATH (e.g. `runc`) fed a bundle.
     #[arg(long, global = true, env = "BERTH_RUNTIME", default_value = "embedded")]
     runtime: String,
+    /// Keep compressed layers in the content store after unpacking (default: discard them).
+    #[arg(long, global = true)]
+    keep_layers: bool,
     /// Log what happens (to stderr).
     #[arg(long, global = true)]
     debug: bool,
@@ -295,7 +298,9 @@ fn node(cli: &Cli) -> Result<Node> {
         "" | "embedded" => None,
         other => Some(other.to_owned()),
     };
-    Node::open(&cli.root, opts, runtime)
+    let mut node = Node::open(&cli.root, opts, runtime)?;
+    node.keep_layers = cli.keep_layers;
+    Ok(node)
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime> {
