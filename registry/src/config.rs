@@ -18,6 +18,11 @@ pub struct Config {
     pub data: PathBuf,
     /// Metadata database URL; defaults to `sqlite://<data>/berth.db`.
     pub database: Option<String>,
+    /// Blob storage URL: `file:///PATH` (default `file://<data>`), `s3://BUCKET/PREFIX`, or
+    /// `memory://` (lost at exit: tests and throw-away registries).
+    pub storage: Option<String>,
+    /// How to reach `s3://` storage; unset values come from the `AWS_*` environment variables.
+    pub s3: S3Config,
     /// Largest manifest accepted, in bytes. The spec asks registries to take at least 4 MiB.
     pub max_manifest_bytes: usize,
     /// Page size of tag and catalog listings when the client gives no `n`, and the largest `n`
@@ -113,6 +118,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[digits + unit_len..];
     }
     Ok(total)
+}
+
+/// S3 settings. Every value is optional: unset ones come from `AWS_ENDPOINT`, `AWS_REGION`,
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (or the instance's role),
+/// as AWS tools do. Prefer the environment for the secret.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible server, e.g. `http://minio:9000` (`http://` allowed).
+    pub endpoint: Option<String>,
+    /// Region, e.g. `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), which most S3-compatible servers need;
+    /// `false` for virtual-hosted style (`BUCKET.ENDPOINT/KEY`).
+    pub path_style: Option<bool>,
+}
+
+impl S3Config {
+    /// The storage crate's options.
+    pub fn options(&self) -> berth_storage::blob::S3Options {
+        berth_storage::blob::S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            path_style: self.path_style,
+        }
+    }
 }
 
 /// How clients prove who they are.
@@ -276,6 +313,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             data: PathBuf::from("./berth-data"),
             database: None,
+            storage: None,
+            s3: S3Config::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             page_size: 1000,
             shutdown_grace_secs: 30,
@@ -299,6 +338,13 @@ impl Config {
         self.database
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data.join("berth.db").display()))
+    }
+
+    /// The blob storage URL in force.
+    pub fn storage_url(&self) -> String {
+        self.storage
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data.display()))
     }
 
     /// Checks values that serde cannot.
@@ -347,6 +393,13 @@ mod tests {
         assert_eq!(c.max_manifest_bytes, 4 << 20);
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         assert!(c.database_url().ends_with("berth.db"));
+        assert_eq!(c.storage_url(), "file://./berth-data");
+        let c: Config =
+            toml::from_str("storage = \"s3://b/p\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true")
+                .expect("parse");
+        assert_eq!(c.storage_url(), "s3://b/p");
+        assert_eq!(c.s3.options().path_style, Some(true));
+        assert!(toml::from_str::<Config>("[s3]\nbucket = \"x\"").is_err());
     }
 
     #[test]

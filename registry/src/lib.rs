@@ -79,8 +79,9 @@ impl AppState {
     }
 }
 
-/// Opens the blob store and the metadata database as configured (creating the data
-/// directory, applying migrations): what `serve`, `gc` and the account commands share.
+/// Opens the blob store (`storage` URL, default the data directory) and the metadata database
+/// as configured (creating the data directory, applying migrations): what `serve` and `gc`
+/// share.
 pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> {
     std::fs::create_dir_all(&config.data).map_err(|e| {
         anyhow::anyhow!(
@@ -88,7 +89,9 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> 
             config.data.display()
         )
     })?;
-    let blobs = BlobStore::local(&config.data)?;
+    let url = config.storage_url();
+    let blobs = BlobStore::open(&url, &config.s3.options())
+        .map_err(|e| anyhow::anyhow!("cannot open blob storage {url}: {e}"))?;
     let meta = Meta::connect(&config.database_url()).await?;
     Ok((blobs, meta))
 }

@@ -121,6 +121,9 @@ struct StoreArgs {
     /// Metadata database URL [default: sqlite://<data>/berth.db].
     #[arg(long, env = "BERTH_DATABASE", global = true)]
     database: Option<String>,
+    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX, memory:// [default: file://<data>].
+    #[arg(long, env = "BERTH_STORAGE", global = true)]
+    storage: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "BERTH_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -143,6 +146,10 @@ struct ServeArgs {
     /// Metadata database URL [default: sqlite://<data>/berth.db].
     #[arg(long, env = "BERTH_DATABASE")]
     database: Option<String>,
+    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX (endpoint, region and credentials
+    /// from the config's [s3] or AWS_* variables), memory:// [default: file://<data>].
+    #[arg(long, env = "BERTH_STORAGE")]
+    storage: Option<String>,
     /// TOML configuration file; environment variables and flags override its values.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
@@ -185,6 +192,9 @@ impl ServeArgs {
         if let Some(v) = self.database {
             c.database = Some(v);
         }
+        if let Some(v) = self.storage {
+            c.storage = Some(v);
+        }
         if let Some(v) = self.auth {
             c.auth.mode = Some(v);
         }
@@ -212,6 +222,9 @@ impl StoreArgs {
         }
         if let Some(v) = &self.database {
             c.database = Some(v.clone());
+        }
+        if let Some(v) = &self.storage {
+            c.storage = Some(v.clone());
         }
         Ok(c)
     }

@@ -97,6 +97,56 @@ fn berth_on_postgres_passes_every_check() {
     }
 }
 
+/// The replicas' configuration: metadata in PostgreSQL, blobs in S3 (moto's server), uploads
+/// through S3 multipart uploads. Same checks, twice.
+#[test]
+fn berth_on_postgres_and_s3_passes_every_check() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(db) = rt.block_on(berth_storage::testing::fresh_postgres()) else {
+        return;
+    };
+    let Some((storage, s3)) = berth_storage::testing::fresh_s3() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let endpoint = s3.endpoint.clone().expect("endpoint");
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n"),
+    )
+    .expect("config");
+    // Credentials the usual way, from the environment.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "berth-test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "berth-test");
+    let reg = start_with(
+        &tmp.path().join("data"),
+        &[
+            "--database",
+            &db,
+            "--storage",
+            &storage,
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+    );
+    for run in 1..=2 {
+        let o = conformance(&reg.url());
+        assert!(
+            o.ok && o.failed.is_empty(),
+            "run {run} on PostgreSQL and S3:\n{}\n--- registry log ---\n{}",
+            o.output,
+            reg.log()
+        );
+        assert!(o.passed.len() >= 40, "too few checks ran:\n{}", o.output);
+    }
+    // Nothing went to the data directory: the blobs are in the bucket.
+    assert!(
+        !tmp.path().join("data/blobs").exists(),
+        "blobs were written to the local disk"
+    );
+}
+
 #[test]
 fn reference_registry_fails_only_its_known_gaps() {
     if !require("docker-registry") {

@@ -205,33 +205,100 @@ fn disk_uploads(data: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn gc_cmd(data: &Path, database: Option<&str>, args: &[&str]) -> Command {
-    let mut cmd = Command::new(registry_bin());
-    cmd.arg("gc").arg("--data").arg(data).args(args);
-    if let Some(db) = database {
-        cmd.args(["--database", db]);
-    }
-    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    cmd
+/// Where the registry under test keeps things.
+struct Stores {
+    data: PathBuf,
+    config: PathBuf,
+    database: Option<String>,
+    /// An `s3://` URL and how to reach it; `None`: blobs in `data`.
+    s3: Option<(String, berth_storage::blob::S3Options)>,
 }
 
-fn write_config(dir: &Path, gc: &str) -> PathBuf {
-    let p = dir.join("config.toml");
-    std::fs::write(&p, format!("[gc]\n{gc}\n")).expect("config");
-    p
-}
-
-fn serve_args<'a>(config: &'a Path, database: Option<&'a str>) -> Vec<&'a str> {
-    let mut args = vec!["--config", config.to_str().expect("utf-8 path")];
-    if let Some(db) = database {
-        args.extend(["--database", db]);
+impl Stores {
+    fn new(
+        dir: &Path,
+        gc: &str,
+        database: Option<String>,
+        s3: Option<(String, berth_storage::blob::S3Options)>,
+    ) -> Self {
+        let config = dir.join("config.toml");
+        let mut text = format!("[gc]\n{gc}\n");
+        if let Some((_, o)) = &s3 {
+            text.push_str(&format!(
+                "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n",
+                o.endpoint.as_deref().expect("endpoint")
+            ));
+            // Credentials the usual way, from the environment (children inherit it).
+            std::env::set_var("AWS_ACCESS_KEY_ID", "berth-test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "berth-test");
+        }
+        std::fs::write(&config, text).expect("config");
+        Stores {
+            data: dir.join("data"),
+            config,
+            database,
+            s3,
+        }
     }
-    args
+
+    /// Flags naming the stores, for `serve` and `gc`.
+    fn args(&self) -> Vec<String> {
+        let mut a = vec!["--config".to_owned(), self.config.display().to_string()];
+        if let Some(db) = &self.database {
+            a.extend(["--database".to_owned(), db.clone()]);
+        }
+        if let Some((url, _)) = &self.s3 {
+            a.extend(["--storage".to_owned(), url.clone()]);
+        }
+        a
+    }
+
+    fn start(&self) -> Server {
+        let args = self.args();
+        start_with(&self.data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn gc(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(registry_bin());
+        cmd.arg("gc").arg("--data").arg(&self.data).args(self.args()).args(args);
+        cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Hex digests of the stored blobs.
+    async fn blobs(&self) -> BTreeSet<String> {
+        match &self.s3 {
+            None => disk_blobs(&self.data),
+            Some((url, opts)) => berth_storage::BlobStore::open(url, opts)
+                .expect("s3 store")
+                .list_blobs()
+                .await
+                .expect("list the bucket")
+                .into_iter()
+                .map(|(d, _)| d.hex().to_owned())
+                .collect(),
+        }
+    }
+
+    /// What is left under `uploads/`.
+    async fn uploads(&self) -> Vec<String> {
+        match &self.s3 {
+            None => disk_uploads(&self.data)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            Some((url, opts)) => berth_storage::BlobStore::open(url, opts)
+                .expect("s3 store")
+                .list_upload_sessions()
+                .await
+                .expect("list the bucket"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushed_images_survive_continuous_gc_on_sqlite() {
-    pushed_images_survive_continuous_gc(None).await;
+    pushed_images_survive_continuous_gc(None, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -239,28 +306,47 @@ async fn pushed_images_survive_continuous_gc_on_postgres() {
     let Some(url) = berth_storage::testing::fresh_postgres().await else {
         return;
     };
-    pushed_images_survive_continuous_gc(Some(url)).await;
+    pushed_images_survive_continuous_gc(Some(url), None).await;
 }
 
-async fn pushed_images_survive_continuous_gc(database: Option<String>) {
+/// The replicas' configuration: PostgreSQL and S3 (moto), uploads through multipart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushed_images_survive_continuous_gc_on_postgres_and_s3() {
+    let Some(url) = berth_storage::testing::fresh_postgres().await else {
+        return;
+    };
+    let Some(s3) = berth_storage::testing::fresh_s3() else {
+        return;
+    };
+    pushed_images_survive_continuous_gc(Some(url), Some(s3)).await;
+}
+
+async fn pushed_images_survive_continuous_gc(
+    database: Option<String>,
+    s3: Option<(String, berth_storage::blob::S3Options)>,
+) {
     const PUSHERS: u64 = 3;
     const IMAGES: u64 = 12;
     const TIME_LIMIT: Duration = Duration::from_secs(60);
     let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("data");
     // The background collector every second, without grace period, beside the CLI's runs.
-    let config = write_config(tmp.path(), "interval_secs = 1\ngrace_secs = 0");
-    let reg = start_with(&dir, &serve_args(&config, database.as_deref()));
+    let stores = Arc::new(Stores::new(
+        tmp.path(),
+        "interval_secs = 1\ngrace_secs = 0",
+        database,
+        s3,
+    ));
+    let reg = stores.start();
     let base = reg.url();
     let c = Client::new();
 
     let done = Arc::new(AtomicBool::new(false));
     let cli = {
-        let (done, dir, database) = (done.clone(), dir.clone(), database.clone());
+        let (done, stores) = (done.clone(), stores.clone());
         tokio::task::spawn_blocking(move || {
             let mut runs = 0u32;
             while !done.load(Ordering::Relaxed) {
-                let mut cmd = gc_cmd(&dir, database.as_deref(), &["--grace", "0"]);
+                let mut cmd = stores.gc(&["--grace", "0"]);
                 let out = cmd.output().expect("run berth-registry gc");
                 assert!(
                     out.status.success(),
@@ -363,8 +449,7 @@ async fn pushed_images_survive_continuous_gc(database: Option<String>) {
     );
 
     // A last collection, then: everything live is whole, and nothing else is on disk.
-    let mut cmd = gc_cmd(&dir, database.as_deref(), &["--grace", "0"]);
-    run(&mut cmd);
+    run(&mut stores.gc(&["--grace", "0"]));
     for img in &live {
         pull_check(&c, &base, img)
             .await
@@ -386,21 +471,21 @@ async fn pushed_images_survive_continuous_gc(database: Option<String>) {
         .iter()
         .flat_map(|i| i.blobs.iter().map(|(d, _)| d.trim_start_matches("sha256:").to_owned()))
         .collect();
-    let on_disk = disk_blobs(&dir);
+    let stored = stores.blobs().await;
     assert_eq!(
-        on_disk, wanted,
-        "on disk must be exactly the live images' blobs (garbage: {garbage_blobs:?})"
+        stored, wanted,
+        "the store must hold exactly the live images' blobs (garbage: {garbage_blobs:?})"
     );
-    let uploads = disk_uploads(&dir);
+    let uploads = stores.uploads().await;
     assert!(uploads.is_empty(), "staged data left behind: {uploads:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_reports_and_deletes_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("data");
-    let config = write_config(tmp.path(), "enabled = false");
-    let reg = start_with(&dir, &serve_args(&config, None));
+    let stores = Stores::new(tmp.path(), "enabled = false", None, None);
+    let dir = stores.data.clone();
+    let reg = stores.start();
     let base = reg.url();
     let c = Client::new();
     let keep = push_image(&c, &base, "gc/p0", "keep", 1).await.expect("push");
@@ -424,7 +509,7 @@ async fn dry_run_reports_and_deletes_nothing() {
     // keep: 3 blobs; drop: its own layer and config (base shared); the stray blob.
     assert_eq!(before.len(), 3 + 2 + 1, "{before:?}");
 
-    let out = run(&mut gc_cmd(&dir, None, &["--dry-run", "--grace", "0"]));
+    let out = run(&mut stores.gc(&["--dry-run", "--grace", "0"]));
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         report.starts_with(&format!(
@@ -442,14 +527,14 @@ async fn dry_run_reports_and_deletes_nothing() {
     assert_eq!(r.status(), StatusCode::OK, "a dry run deleted the untagged manifest");
 
     // The default grace period (a day) keeps all of it.
-    let out = run(&mut gc_cmd(&dir, None, &[]));
+    let out = run(&mut stores.gc(&[]));
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("deleted 0 manifests, 0 blob links, 0 blobs"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let out = run(&mut gc_cmd(&dir, None, &["--grace", "0s"]));
+    let out = run(&mut stores.gc(&["--grace", "0s"]));
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         report.starts_with("deleted 1 manifests, 2 blob links, 3 blobs"),

@@ -3,6 +3,10 @@
 //! Writes are staged as parts under `uploads/` and reach `blobs/` only through [`BlobStore::commit`],
 //! after the caller verified the digest: a rename for a single part (atomic on a file system) or
 //! a multipart completion (atomic on object stores), so a reader never sees a partial blob.
+//!
+//! On a backend with a multipart API (S3, memory) uploads use it instead (`mp_*`, driven by
+//! `upload.rs`): the completed upload is copied to the digest's key (server-side up to S3's
+//! 5 GiB copy limit), or a blob smaller than a part is written there in one PUT.
 
 use crate::error::{Error, Result};
 use crate::paths;
@@ -10,6 +14,7 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
 use sha2::{Digest as _, Sha256};
@@ -30,9 +35,41 @@ const PART_CONCURRENCY: usize = 2;
 const READ_CHUNK: usize = 256 * 1024;
 /// Bytes handed to the hashing thread at a time: large enough that queueing costs nothing
 /// next to hashing, small enough to keep memory per upload flat.
-const HASH_BATCH: usize = 1024 * 1024;
+pub(crate) const HASH_BATCH: usize = 1024 * 1024;
 /// Batches queued for the hashing thread before receiving waits for it.
-const HASH_QUEUE: usize = 4;
+pub(crate) const HASH_QUEUE: usize = 4;
+/// Smallest part a multipart upload takes but for its last (S3's limit): fewer bytes wait in
+/// a staged object until more arrive.
+const MIN_PART: usize = 5 * 1024 * 1024;
+/// Largest object S3 copies in one request; bigger blobs are streamed to their key instead.
+const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Where an S3 store is and how to reach it; unset values come from the usual `AWS_*`
+/// environment variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …) or the instance's role.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible server (`http://` is allowed for it).
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`), which most S3-compatible servers
+    /// need; `false` asks for virtual-hosted style (`<bucket>.<endpoint>/<key>`).
+    pub path_style: Option<bool>,
+}
+
+/// A multipart-capable backend, and the prefix its keys live under.
+#[derive(Clone)]
+struct Multipart {
+    store: Arc<dyn MultipartStore>,
+    prefix: Option<Path>,
+    min_part: usize,
+    part_size: usize,
+}
 
 /// A blob being read: its total size and the requested bytes as a stream.
 pub struct BlobRead {
@@ -49,6 +86,9 @@ pub struct BlobStore {
     /// The directory of a local store, for what object_store does not show: its own staging
     /// files (`<key>#<n>`, which its listings skip) and directories a rename left empty.
     local_root: Option<PathBuf>,
+    /// The backend's multipart API, when it has one: uploads then send their chunks as parts
+    /// of one multipart upload (see `upload.rs`) instead of an object per chunk.
+    multipart: Option<Multipart>,
 }
 
 impl BlobStore {
@@ -57,7 +97,223 @@ impl BlobStore {
         BlobStore {
             store,
             local_root: None,
+            multipart: None,
         }
+    }
+
+    /// A store whose uploads go through `multipart` (the same backend as `store`, whose keys
+    /// live under `prefix` when `store` is a prefixed view of it).
+    pub fn with_multipart(
+        store: Arc<dyn ObjectStore>,
+        multipart: Arc<dyn MultipartStore>,
+        prefix: Option<&str>,
+    ) -> Self {
+        BlobStore {
+            store,
+            local_root: None,
+            multipart: Some(Multipart {
+                store: multipart,
+                prefix: prefix.filter(|p| !p.is_empty()).map(Path::from),
+                min_part: MIN_PART,
+                part_size: PART_CHUNK,
+            }),
+        }
+    }
+
+    /// An in-memory store, uploads through its multipart API: the object-store code path
+    /// without an object store (tests, throw-away registries).
+    pub fn memory() -> Self {
+        let m = Arc::new(object_store::memory::InMemory::new());
+        Self::with_multipart(m.clone(), m, None)
+    }
+
+    /// Test hook: smaller multipart parts, so small uploads exercise them.
+    #[doc(hidden)]
+    pub fn with_part_sizes(mut self, min_part: usize, part_size: usize) -> Self {
+        if let Some(m) = &mut self.multipart {
+            m.min_part = min_part;
+            m.part_size = part_size.max(min_part);
+        }
+        self
+    }
+
+    /// Opens the store a URL names: `file:///path` (a local directory), `memory://`, or
+    /// `s3://bucket/prefix` (with `s3` options, else the `AWS_*` environment).
+    pub fn open(url: &str, s3: &S3Options) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(Error::Config(format!("{url:?} names no directory: use file:///PATH")));
+            }
+            return Self::local(std::path::Path::new(path));
+        }
+        if url == "memory://" || url == "memory:" {
+            return Ok(Self::memory());
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            if bucket.is_empty() {
+                return Err(Error::Config(format!(
+                    "{url:?} names no bucket: use s3://BUCKET/PREFIX"
+                )));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(e) = &s3.endpoint {
+                b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+            }
+            if let Some(r) = &s3.region {
+                b = b.with_region(r);
+            }
+            if let Some(k) = &s3.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = &s3.secret_access_key {
+                b = b.with_secret_access_key(k);
+            }
+            if let Some(p) = s3.path_style {
+                b = b.with_virtual_hosted_style_request(!p);
+            }
+            let s3 = Arc::new(b.build().map_err(|e| Error::Config(format!("S3 store {url:?}: {e}")))?);
+            let whole: Arc<dyn ObjectStore> = s3.clone();
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                whole
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(whole, prefix))
+            };
+            return Ok(Self::with_multipart(store, s3, Some(prefix)));
+        }
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
+        Err(Error::Config(format!(
+            "unsupported storage URL {url:?} (scheme {scheme:?}): use file:///PATH, s3://BUCKET/PREFIX or memory://{}",
+            if matches!(scheme, "gs" | "az" | "azure" | "abfs") {
+                "; Google Cloud Storage and Azure need object_store's gcp/azure features, not built in"
+            } else {
+                ""
+            }
+        )))
+    }
+
+    /// Whether uploads go through the backend's multipart API.
+    pub fn multipart_enabled(&self) -> bool {
+        self.multipart.is_some()
+    }
+
+    fn mp(&self) -> Result<&Multipart> {
+        self.multipart
+            .as_ref()
+            .ok_or_else(|| Error::Config("this store has no multipart API".into()))
+    }
+
+    fn mp_key(m: &Multipart, key: &Path) -> Path {
+        match &m.prefix {
+            Some(p) => Path::from_iter(p.parts().chain(key.parts())),
+            None => key.clone(),
+        }
+    }
+
+    /// Smallest multipart part but the last, and the size parts are cut to.
+    pub fn part_sizes(&self) -> (usize, usize) {
+        self.multipart
+            .as_ref()
+            .map_or((MIN_PART, PART_CHUNK), |m| (m.min_part, m.part_size))
+    }
+
+    /// Starts a multipart upload writing `key`; returns its id.
+    pub async fn mp_create(&self, key: &Path) -> Result<String> {
+        let m = self.mp()?;
+        m.store
+            .create_multipart(&Self::mp_key(m, key))
+            .await
+            .map_err(Error::backend(key))
+    }
+
+    /// Uploads part `idx` (0-based) of a multipart upload; returns the backend's id for it.
+    pub async fn mp_put_part(&self, key: &Path, id: &str, idx: usize, data: Bytes) -> Result<String> {
+        let m = self.mp()?;
+        let part = m
+            .store
+            .put_part(&Self::mp_key(m, key), &id.to_owned(), idx, data.into())
+            .await
+            .map_err(Error::backend(key))?;
+        Ok(part.content_id)
+    }
+
+    /// Completes a multipart upload from its parts' ids, in order: `key` appears whole.
+    pub async fn mp_complete(&self, key: &Path, id: &str, parts: &[String]) -> Result<()> {
+        let m = self.mp()?;
+        let parts = parts
+            .iter()
+            .map(|c| object_store::multipart::PartId { content_id: c.clone() })
+            .collect();
+        m.store
+            .complete_multipart(&Self::mp_key(m, key), &id.to_owned(), parts)
+            .await
+            .map_err(Error::backend(key))?;
+        Ok(())
+    }
+
+    /// Abandons a multipart upload and its parts. An upload already gone is success.
+    pub async fn mp_abort(&self, key: &Path, id: &str) -> Result<()> {
+        let m = self.mp()?;
+        match m.store.abort_multipart(&Self::mp_key(m, key), &id.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::backend(key)(e)),
+        }
+    }
+
+    /// Writes a small staged object in one request.
+    pub async fn put_staged(&self, key: &Path, data: Bytes) -> Result<()> {
+        self.store.put(key, data.into()).await.map_err(Error::backend(key))?;
+        Ok(())
+    }
+
+    /// Reads staged objects whole, concatenated (only ever less than a part's worth).
+    pub async fn read_staged(&self, keys: &[Path]) -> Result<Bytes> {
+        let mut out = bytes::BytesMut::new();
+        for k in keys {
+            let mut s = self.read_part(k).await?;
+            while let Some(chunk) = s.next().await {
+                out.extend_from_slice(&chunk.map_err(Error::backend(k))?);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Makes `data` (verified by the caller) the blob `digest`, in one atomic PUT.
+    pub async fn put_blob(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        let key = paths::blob(digest);
+        self.store.put(&key, data.into()).await.map_err(Error::backend(&key))?;
+        Ok(())
+    }
+
+    /// Makes the object at `staged` (verified by the caller) the blob `digest`, then removes
+    /// `staged`: a server-side copy up to S3's 5 GiB limit, a streamed one beyond.
+    pub async fn commit_staged(&self, staged: &Path, digest: &Digest, size: u64) -> Result<()> {
+        let key = paths::blob(digest);
+        if size <= MAX_COPY {
+            self.store.copy(staged, &key).await.map_err(Error::backend(staged))?;
+        } else {
+            let upload = self.store.put_multipart(&key).await.map_err(Error::backend(&key))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
+            let mut s = self.read_part(staged).await?;
+            while let Some(chunk) = s.next().await {
+                match chunk {
+                    Ok(c) => {
+                        writer
+                            .wait_for_capacity(PART_CONCURRENCY)
+                            .await
+                            .map_err(Error::backend(&key))?;
+                        writer.put(c);
+                    }
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(Error::backend(staged)(e));
+                    }
+                }
+            }
+            writer.finish().await.map_err(Error::backend(&key))?;
+        }
+        self.delete_key(staged).await
     }
 
     /// A store in a local directory (created if missing).
@@ -78,6 +334,7 @@ impl BlobStore {
         Ok(BlobStore {
             store: Arc::new(fs),
             local_root: Some(root),
+            multipart: None,
         })
     }
 
@@ -621,6 +878,42 @@ mod tests {
     async fn memory_backend() {
         let raw: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         suite(BlobStore::new(raw.clone()), raw).await;
+    }
+
+    #[tokio::test]
+    async fn s3_backend() {
+        let Some((url, opts)) = crate::testing::fresh_s3() else {
+            return;
+        };
+        let s = BlobStore::open(&url, &opts).expect("s3 store");
+        let raw = s.store.clone();
+        suite(s, raw).await;
+    }
+
+    #[test]
+    fn storage_urls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        assert!(!BlobStore::open(&url, &S3Options::default())
+            .expect("file")
+            .multipart_enabled());
+        assert!(BlobStore::open("memory://", &S3Options::default())
+            .expect("memory")
+            .multipart_enabled());
+        let s3 = S3Options {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            ..S3Options::default()
+        };
+        assert!(BlobStore::open("s3://bucket/some/prefix", &s3)
+            .expect("s3")
+            .multipart_enabled());
+        for bad in ["s3://", "file://", "gs://bucket", "ftp://x", "/just/a/path"] {
+            assert!(
+                matches!(BlobStore::open(bad, &s3), Err(Error::Config(_))),
+                "{bad} must be refused"
+            );
+        }
     }
 
     #[tokio::test]

@@ -117,6 +117,9 @@ pub enum Error {
     /// Stored metadata is not what this version wrote.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// The storage URL or its options cannot be used.
+    #[error("storage configuration: {0}")]
+    Config(String),
 }
 
 impl Error {

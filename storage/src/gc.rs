@@ -257,6 +257,13 @@ pub async fn collect(meta: &Meta, blobs: &BlobStore, opts: &GcOptions) -> Result
         match meta.expire_upload(&u.id, upload_cutoff).await {
             Ok(true) => {
                 r.uploads_expired += 1;
+                if let Some(m) = &u.multipart {
+                    let key = object_store::path::Path::from(m.key.as_str());
+                    if let Err(e) = blobs.mp_abort(&key, &m.id).await {
+                        r.errors += 1;
+                        tracing::warn!(upload = %u.id, error = %e, "aborting an expired session's multipart upload failed");
+                    }
+                }
                 match blobs.delete_upload_dir(&u.id).await {
                     Ok(n) => r.staged_removed += n,
                     Err(e) => {

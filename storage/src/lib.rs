@@ -5,11 +5,13 @@
 //! # Layout
 //! - [`paths`]: the only place that maps digests and upload parts to object keys.
 //! - [`blob`]: [`BlobStore`], blob bytes over `Arc<dyn ObjectStore>` (stat, ranged get, staged
-//!   parts, atomic commit).
+//!   parts, atomic commit), opened from a URL: `file:///PATH`, `s3://BUCKET/PREFIX`,
+//!   `memory://`; the backend's multipart API where it has one.
 //! - [`hashstate`]: SHA-256 state persisted between chunks, so uploads survive a restart.
 //! - [`meta`]: [`Meta`], the metadata repository (repositories, blobs and per-repository links,
 //!   manifests, tags, referrers, upload sessions).
-//! - [`upload`]: upload sessions: stage each chunk as a part while hashing, then verify and
+//! - [`upload`]: upload sessions: stage each chunk as a part (or, on object stores, send it as
+//!   parts of a multipart upload recorded in the database) while hashing, then verify and
 //!   commit.
 //! - [`gc`]: online garbage collection (mark from tags, sweep with per-item re-checks under
 //!   row locks), upload-session expiry and staging cleanup.

@@ -67,11 +67,21 @@ fn migrator(dialect: Dialect) -> Migrator {
             m(1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             m(2, "users", include_str!("../../migrations/sqlite/0002_users.sql")),
             m(3, "gc", include_str!("../../migrations/sqlite/0003_gc.sql")),
+            m(
+                4,
+                "multipart",
+                include_str!("../../migrations/sqlite/0004_multipart.sql"),
+            ),
         ],
         Dialect::Postgres => vec![
             m(1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             m(2, "users", include_str!("../../migrations/postgres/0002_users.sql")),
             m(3, "gc", include_str!("../../migrations/postgres/0003_gc.sql")),
+            m(
+                4,
+                "multipart",
+                include_str!("../../migrations/postgres/0004_multipart.sql"),
+            ),
         ],
     };
     Migrator {
@@ -145,6 +155,26 @@ pub struct Part {
     pub size: u64,
 }
 
+/// A part uploaded through the backend's multipart API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct MultipartPart {
+    /// What the backend answered for it (S3's ETag), needed to complete the upload.
+    pub content_id: String,
+    /// Its length.
+    pub size: u64,
+}
+
+/// A session's multipart upload on the object store.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Multipart {
+    /// Object key the upload writes.
+    pub key: String,
+    /// The backend's upload id.
+    pub id: String,
+    /// Parts uploaded so far, in order; their bytes come before the staged `parts`.
+    pub parts: Vec<MultipartPart>,
+}
+
 /// Upload session row.
 #[derive(Debug, Clone)]
 pub struct UploadRow {
@@ -154,10 +184,24 @@ pub struct UploadRow {
     pub repo: String,
     /// Bytes received so far.
     pub size: u64,
-    /// Staged parts, in order.
+    /// Staged parts, in order (in a multipart session: the bytes received after the
+    /// multipart parts, too few yet for a part of their own).
     pub parts: Vec<Part>,
     /// Saved hash state (see [`crate::hashstate`]).
     pub hash_state: Option<Vec<u8>>,
+    /// The multipart upload, once the session has one.
+    pub multipart: Option<Multipart>,
+}
+
+fn multipart_json(m: &Option<Multipart>) -> Result<Option<String>> {
+    m.as_ref()
+        .map(|m| serde_json::to_string(m).map_err(|e| Error::Corrupt(e.to_string())))
+        .transpose()
+}
+
+pub(crate) fn multipart_from(id: &str, json: Option<String>) -> Result<Option<Multipart>> {
+    json.map(|j| serde_json::from_str(&j).map_err(|e| Error::Corrupt(format!("multipart upload of session {id}: {e}"))))
+        .transpose()
 }
 
 /// The metadata repository.
@@ -750,7 +794,7 @@ impl Meta {
 
     /// A session of `repo`.
     pub async fn get_upload(&self, repo: &str, id: &str) -> Result<UploadRow> {
-        let row = sqlx::query("SELECT size, parts, hash_state FROM uploads WHERE id = $1 AND repo = $2")
+        let row = sqlx::query("SELECT size, parts, hash_state, multipart FROM uploads WHERE id = $1 AND repo = $2")
             .bind(id)
             .bind(repo)
             .fetch_optional(&self.write)
@@ -770,6 +814,7 @@ impl Meta {
             )?,
             parts: serde_json::from_str(&parts).map_err(|e| Error::Corrupt(format!("parts of upload {id}: {e}")))?,
             hash_state: row.try_get(2).map_err(Error::db("reading an upload session"))?,
+            multipart: multipart_from(id, row.try_get(3).map_err(Error::db("reading an upload session"))?)?,
         })
     }
 
@@ -778,7 +823,8 @@ impl Meta {
     pub async fn advance_upload(&self, id: &str, old_size: u64, new: &UploadRow) -> Result<bool> {
         let parts = serde_json::to_string(&new.parts).map_err(|e| Error::Corrupt(e.to_string()))?;
         let r = sqlx::query(
-            "UPDATE uploads SET size = $1, parts = $2, hash_state = $3, updated_at = $4 WHERE id = $5 AND size = $6",
+            "UPDATE uploads SET size = $1, parts = $2, hash_state = $3, updated_at = $4, multipart = $7 \
+             WHERE id = $5 AND size = $6",
         )
         .bind(new.size as i64)
         .bind(parts)
@@ -786,6 +832,7 @@ impl Meta {
         .bind(now())
         .bind(id)
         .bind(old_size as i64)
+        .bind(multipart_json(&new.multipart)?)
         .execute(&self.write)
         .await
         .map_err(Error::db("recording an upload chunk"))?;

@@ -4,6 +4,7 @@
 //! <root>/
 //!   blobs/sha256/<hex[0..2]>/<hex>      committed blob bytes, named by their digest
 //!   uploads/<session uuid>/<n>-<uuid>   staged parts of an open upload session, in order n
+//!   uploads/<session uuid>/data         what a session's multipart upload writes (object stores)
 //! ```
 //!
 //! Blobs are global (one copy whatever the number of repositories linking them); the two-hex fan
@@ -30,6 +31,11 @@ pub fn upload_dir(session: &str) -> Path {
 /// Key of a new staged part, `n`-th of its session.
 pub fn upload_part(session: &str, n: usize) -> Path {
     Path::from(format!("uploads/{session}/{n:06}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Key a session's multipart upload writes, before it is copied to its digest's key.
+pub fn upload_multipart(session: &str) -> Path {
+    Path::from(format!("uploads/{session}/data"))
 }
 
 /// Prefix of every committed blob.

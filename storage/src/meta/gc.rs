@@ -322,7 +322,7 @@ impl Meta {
     /// Upload sessions without a chunk since `cutoff` (unix seconds, like `updated_at`).
     pub async fn expired_uploads(&self, cutoff: i64) -> Result<Vec<UploadRow>> {
         let op = "listing expired upload sessions";
-        let rows = sqlx::query("SELECT id, repo, size, parts FROM uploads WHERE updated_at < $1")
+        let rows = sqlx::query("SELECT id, repo, size, parts, multipart FROM uploads WHERE updated_at < $1")
             .bind(cutoff)
             .fetch_all(&self.read)
             .await
@@ -337,6 +337,7 @@ impl Meta {
                     parts: serde_json::from_str(&parts)
                         .map_err(|err| Error::Corrupt(format!("parts of upload {id}: {err}")))?,
                     hash_state: None,
+                    multipart: super::multipart_from(&id, r.try_get(4).map_err(e(op))?)?,
                     id,
                 })
             })
