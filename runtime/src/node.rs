@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! ```text
-//! <root>/lock                 flock: held while image or container records change
+//! <root>/node.lock            flock: held while image or container records change
+//! <root>/gc.lock              flock: pulls hold it shared, prune exclusive
 //! <root>/content/             blobs by digest (see [`crate::content`])
 //! <root>/snapshots/           overlay snapshots (see [`crate::snapshot`])
 //! <root>/images.json          image records: reference → manifest, config, chain IDs
@@ -62,7 +63,7 @@ impl Node {
 
     /// Takes the root's lock (blocking while another process holds it).
     pub fn lock(&self) -> Result<Lock> {
-        let p = self.root.join("lock");
+        let p = self.root.join("node.lock");
         let f = File::options()
             .create(true)
             .truncate(false)

@@ -49,13 +49,22 @@
 //! - `client`: push and pull of a generated 3-layer image of ~600 MB (`--smoke`: ~3 MB)
 //!   between an OCI layout and Berth, `berth` against `skopeo copy` (the peer column), same
 //!   registry, same layout, new repositories each run.
-//! - `node`: `run --rm` latency and pull + unpack through `berth-node`: reported as not
-//!   available, because the node is not built yet (never a made-up figure).
+//! - `node` (root): `run --rm --network none IMAGE true` latency of the node tests' busybox
+//!   image, `berth-node` against `docker run` (the image pulled into dockerd from the same
+//!   Berth registry; dockerd treats 127.0.0.0/8 as insecure) and against `runc run` alone on a
+//!   bundle of the same rootfs (GNU tar + `runc spec`): one checked, untimed run each, then
+//!   `--runs` × 4 samples (`--smoke`: 3) in alternating order, every sample a whole CLI
+//!   invocation; then pull + unpack of a 3-layer gzip image of 600 MiB (`--smoke`: 3 MiB) of
+//!   6-bit-entropy data (so that inflating is real work; ~470 MB compressed), built once per
+//!   run of the harness: `berth-node pull` into a fresh `--root` against `docker pull` after
+//!   `docker rmi`. A missing part (berth-node not built, not root, no docker daemon, no runc)
+//!   is a "not available" note with the reason, never a made-up figure.
 //! - `auth-cost`: the manifest GET at c=16 (`--smoke`: 4) against Berth with `--auth none`,
 //!   `basic` and `token` (a signed-in user; the token fetched once, as clients do), Berth only:
 //!   what authentication costs per request.
 
 use anyhow::{bail, Context as _, Result};
+use berth_conformance::images;
 use berth_conformance::servers::{free_port, sibling_bin, Kind, Server};
 use bytes::Bytes;
 use clap::Parser;
@@ -1328,17 +1337,288 @@ async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
     Ok((populate.into_iter().chain(listings).chain(growths).collect(), notes))
 }
 
-/// `node`: what it would measure, and why it cannot yet.
-fn node() -> Vec<String> {
-    let why = if sibling_bin("berth-node").is_ok() {
-        "berth-node is built, but no workload here drives it yet"
-    } else {
-        "berth-node is not built yet"
-    };
-    ["`run --rm` latency", "pull + unpack of an image"]
-        .map(|what| format!("node: {what}: not available ({why})"))
-        .to_vec()
+/// Runs `cmd` (stdin closed), which must succeed; answers its standard output.
+fn output_of(cmd: &mut std::process::Command) -> Result<String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Like [`timed`], also answering the standard output (to check what a timed run did).
+fn timed_output(cmd: &mut std::process::Command) -> Result<(f64, String)> {
+    std::process::Command::new("sync").status()?;
+    let started = Instant::now();
+    let out = output_of(cmd)?;
+    Ok((started.elapsed().as_secs_f64(), out))
+}
+
+/// Why a peer of the `node` workload cannot run here, if it cannot.
+fn node_peer_missing(tool: &str) -> Option<String> {
+    let args: &[&str] = if tool == "docker" { &["info"] } else { &["--version"] };
+    match std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "`{tool} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").trim()
+        )),
+        Err(e) => Some(format!("{tool} is not installed ({e})")),
+    }
+}
+
+/// Whether this process runs as root (the effective uid in `/proc/self/status`).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// A runc bundle at `dir` for `image` (its one layer unpacked by GNU tar into `rootfs`, the
+/// config from `runc spec` with the image's `Env` and no terminal), running `args`.
+fn runc_bundle(dir: &Path, image: &images::Image, args: &[&str]) -> Result<()> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    for (digest, _) in &image.layers {
+        let blob = image.layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+        output_of(
+            std::process::Command::new("tar")
+                .args(["--numeric-owner", "-xzf"])
+                .arg(&blob)
+                .arg("-C")
+                .arg(&rootfs),
+        )?;
+    }
+    let _ = std::fs::remove_file(dir.join("config.json"));
+    output_of(std::process::Command::new("runc").args(["spec", "--bundle"]).arg(dir))?;
+    runc_args(dir, args)
+}
+
+/// Rewrites the bundle's process: `args`, no terminal, docker's default PATH.
+fn runc_args(dir: &Path, args: &[&str]) -> Result<()> {
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["env"] = serde_json::json!([images::DEFAULT_PATH]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(())
+}
+
+/// Pushes `image` from its layout to `dst` with the `berth` client.
+fn push_image(image: &images::Image, dst: &str) -> Result<()> {
+    output_of(
+        std::process::Command::new(sibling_bin("berth")?)
+            .args(["--quiet", "push"])
+            .arg(&image.layout)
+            .arg(dst)
+            .args(["--tag", &image.tag]),
+    )?;
+    Ok(())
+}
+
+/// `node`: `run --rm IMAGE true` latency (berth-node against `docker run` and against runc
+/// alone on a bundle of the same rootfs), then pull + unpack of a ~600 MB 3-layer gzip image
+/// (berth-node into a fresh root each run, against `docker pull` after `docker rmi`). What
+/// cannot run here (no berth-node, not root, no docker daemon, no runc) is a note saying so.
+async fn node(cli: &Cli, dir: &Path, berth: &Server) -> Result<(Vec<Figure>, Vec<String>)> {
+    let mut notes = Vec::new();
+    let na = |what: &str, why: &str| format!("node: {what}: not available ({why})");
+    let (latency, pull) = ("`run --rm IMAGE true` latency", "pull + unpack of a 3-layer gzip image");
+    let bin = match sibling_bin("berth-node") {
+        Ok(b) => b,
+        Err(e) => return Ok((Vec::new(), vec![na(latency, &e.to_string()), na(pull, &e.to_string())])),
+    };
+    if !is_root() {
+        let why = "berth-node mounts overlays and makes namespaces: run berth-bench as root";
+        return Ok((Vec::new(), vec![na(latency, why), na(pull, why)]));
+    }
+    let docker_missing = node_peer_missing("docker");
+    let runc_missing = node_peer_missing("runc");
+    let node_at = |root: &Path| {
+        let mut c = std::process::Command::new(&bin);
+        c.arg("--root").arg(root);
+        c
+    };
+    let mut figs = Vec::new();
+
+    // 1. `run --rm IMAGE true`: the busybox image of the node tests, pulled beforehand by
+    // each side; one untimed run each, checked to print what it should, then samples in
+    // rotating order.
+    let imgs = images::node_layout(&dir.join("node-images"))?;
+    let reference = format!("{}/bench/node:1", berth.addr);
+    push_image(&imgs.plain, &reference)?;
+    let root = dir.join("node-root");
+    let pulled = output_of(node_at(&root).args(["pull", &reference]))?;
+    if pulled.lines().last().map(str::trim) != Some(imgs.plain.digest.as_str()) {
+        bail!(
+            "berth-node pull {reference} printed {pulled:?}, not the digest {}",
+            imgs.plain.digest
+        );
+    }
+    let said = output_of(node_at(&root).args(["run", "--rm", "--network", "none", &reference, "echo", "ok"]))?;
+    if said.trim() != "ok" {
+        bail!("berth-node run {reference} echo ok printed {said:?}");
+    }
+    if let Some(why) = &docker_missing {
+        notes.push(na(&format!("{latency}, docker run"), why));
+    } else {
+        output_of(std::process::Command::new("docker").args(["pull", "-q", &reference]))?;
+        let said = output_of(std::process::Command::new("docker").args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &reference,
+            "echo",
+            "ok",
+        ]))?;
+        if said.trim() != "ok" {
+            bail!("docker run {reference} echo ok printed {said:?}");
+        }
+    }
+    let bundle = dir.join("node-bundle");
+    let mut runc_n = 0u32;
+    let mut runc_run = |bundle: &Path| -> Result<(f64, String)> {
+        runc_n += 1;
+        timed_output(
+            std::process::Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(bundle)
+                .arg(format!("berth-bench-{}-{runc_n}", std::process::id())),
+        )
+    };
+    if let Some(why) = &runc_missing {
+        notes.push(na(&format!("{latency}, runc alone"), why));
+    } else {
+        runc_bundle(&bundle, &imgs.plain, &["echo", "ok"])?;
+        let (_, said) = runc_run(&bundle)?;
+        if said.trim() != "ok" {
+            bail!("runc run echo ok printed {said:?}");
+        }
+        runc_args(&bundle, &["true"])?;
+    }
+    let mut vs_docker = Figure::new("run --rm true: berth-node vs docker run (ms)".into(), "ms", true);
+    let mut vs_runc = Figure::new("run --rm true: berth-node vs runc alone (ms)".into(), "ms", true);
+    let samples = if cli.smoke { 3 } else { cli.runs * 4 };
+    for i in 0..=samples {
+        let mut tools = vec!["berth-node"];
+        if docker_missing.is_none() {
+            tools.push("docker");
+        }
+        if runc_missing.is_none() {
+            tools.push("runc");
+        }
+        if i % 2 == 1 {
+            tools.reverse();
+        }
+        for tool in tools {
+            let secs = match tool {
+                "berth-node" => timed(node_at(&root).args(["run", "--rm", "--network", "none", &reference, "true"]))?,
+                "docker" => timed(std::process::Command::new("docker").args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    &reference,
+                    "true",
+                ]))?,
+                _ => runc_run(&bundle)?.0,
+            };
+            // Sample 0 warms caches (page cache, cgroup and overlay metadata) and is dropped.
+            if i == 0 {
+                continue;
+            }
+            let ms = secs * 1e3;
+            match tool {
+                "berth-node" => {
+                    vs_docker.add(BERTH, ms);
+                    vs_runc.add(BERTH, ms);
+                }
+                "docker" => vs_docker.add(PEER, ms),
+                _ => vs_runc.add(PEER, ms),
+            }
+        }
+    }
+    if docker_missing.is_none() {
+        figs.push(vs_docker);
+        let _ = output_of(std::process::Command::new("docker").args(["rmi", &reference]));
+    }
+    if runc_missing.is_none() {
+        figs.push(vs_runc);
+    }
+
+    // 2. Pull + unpack of the big image: a fresh berth-node root every run, and a docker
+    // without the image (rmi before each run).
+    let (each, label) = if cli.smoke {
+        (1 << 20, "3 MiB")
+    } else {
+        (200 << 20, "600 MiB")
+    };
+    let started = Instant::now();
+    let big = images::big_layout(&dir.join("node-big"), 3, each, 42)?;
+    let big_ref = format!("{}/bench/node-big:1", berth.addr);
+    push_image(&big, &big_ref)?;
+    notes.push(format!(
+        "node: pull image: 3 gzip layers, {label} in all ({} bytes compressed), built and pushed in {:.1} s",
+        big.blob_bytes(),
+        started.elapsed().as_secs_f64()
+    ));
+    let mut pulls = Figure::new(
+        format!("pull + unpack {label} 3 layers: berth-node vs docker pull (s)"),
+        "s",
+        true,
+    );
+    for run in 0..cli.runs {
+        for i in order(run) {
+            if i == BERTH {
+                let root = dir.join(format!("node-pull-{run}"));
+                settle(cli.keep_caches)?;
+                let (secs, out) = timed_output(node_at(&root).args(["pull", &big_ref]))?;
+                if out.lines().last().map(str::trim) != Some(big.digest.as_str()) {
+                    bail!(
+                        "berth-node pull {big_ref} printed {out:?}, not the digest {}",
+                        big.digest
+                    );
+                }
+                pulls.add(BERTH, secs);
+                std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+            } else if docker_missing.is_none() {
+                let _ = output_of(std::process::Command::new("docker").args(["rmi", &big_ref]));
+                settle(cli.keep_caches)?;
+                pulls.add(
+                    PEER,
+                    timed(std::process::Command::new("docker").args(["pull", "-q", &big_ref]))?,
+                );
+            }
+        }
+    }
+    if let Some(why) = &docker_missing {
+        notes.push(na(&format!("{pull}, docker pull"), why));
+    } else {
+        let _ = output_of(std::process::Command::new("docker").args(["rmi", &big_ref]));
+    }
+    figs.push(pulls);
+    let _ = std::fs::remove_dir_all(dir.join("node-big"));
+    Ok((figs, notes))
+}
+
 /// Starts Berth in `mode` with a user `bench` (password `bench-password`) and returns it with
 /// the `Authorization` header a client would send after signing in.
 async fn berth_with_auth(dir: &Path, mode: &str) -> Result<(Server, HeaderMap)> {
@@ -1536,7 +1816,9 @@ async fn run(cli: Cli) -> Result<()> {
         notes.extend(n);
     }
     if want("node") {
-        notes.extend(node());
+        let (f, n) = node(&cli, dir.path(), &pair[BERTH]).await?;
+        figs.extend(f);
+        notes.extend(n);
     }
     if !figs.is_empty() {
         print_table(&figs);

@@ -623,8 +623,7 @@ fn run_container(node: &Node, a: RunArgs) -> Result<i32> {
 /// Starts a supervisor process for `c` that outlives this one, and waits until the
 /// container runs (or failed to).
 fn detach(node: &Node, c: &Container) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("finding berth-node itself: {e}")))?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = supervise::self_command();
     cmd.arg("--root").arg(&node.root);
     if let Some(rt) = &c.record.runtime {
         cmd.arg("--runtime").arg(rt);

@@ -155,12 +155,26 @@ fn cap_name(c: &str) -> String {
     }
 }
 
-/// Every capability the running kernel knows, by name.
-fn all_caps() -> Vec<String> {
+/// Every capability the running kernel knows, by name (to validate names).
+fn known_caps() -> Vec<String> {
     caps::runtime::thread_all_supported()
         .into_iter()
         .map(|c| c.to_string())
         .collect()
+}
+
+/// "All" capabilities for `--privileged` and `--cap-add ALL`: those the node itself may
+/// pass on (its bounding set). Asking for more fails at capset; a node inside a container
+/// often lacks some (CAP_SYS_RESOURCE, …).
+fn all_caps() -> Vec<String> {
+    match caps::read(None, caps::CapSet::Bounding) {
+        Ok(set) => {
+            let mut v: Vec<String> = set.into_iter().map(|c| c.to_string()).collect();
+            v.sort();
+            v
+        }
+        Err(_) => known_caps(),
+    }
 }
 
 /// The capability set after `--privileged`, `--cap-add` and `--cap-drop`.
@@ -168,7 +182,7 @@ pub fn capabilities(o: &RunOptions) -> Result<Vec<String>> {
     if o.privileged {
         return Ok(all_caps());
     }
-    let known = all_caps();
+    let known = known_caps();
     let check = |c: &str| -> Result<String> {
         let n = cap_name(c);
         if n == "CAP_ALL" || known.contains(&n) || DEFAULT_CAPS.contains(&n.as_str()) {
@@ -180,7 +194,7 @@ pub fn capabilities(o: &RunOptions) -> Result<Vec<String>> {
     let adds = o.cap_add.iter().map(|c| check(c)).collect::<Result<Vec<_>>>()?;
     let drops = o.cap_drop.iter().map(|c| check(c)).collect::<Result<Vec<_>>>()?;
     let mut set: Vec<String> = if adds.iter().any(|c| c == "CAP_ALL") {
-        known
+        all_caps()
     } else {
         DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect()
     };

@@ -282,13 +282,20 @@ pub fn exit_code(s: std::process::ExitStatus) -> i32 {
     s.code().or_else(|| s.signal().map(|n| 128 + n)).unwrap_or(125)
 }
 
+/// A command running this very binary: `/proc/self/exe` names the file this process was
+/// started from even after it was replaced on disk (an upgrade while containers run).
+pub fn self_command() -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("berth-node");
+    cmd
+}
+
 /// The command that runs a bundle in the foreground: the embedded runtime or an OCI
 /// runtime binary, both exiting with the container's status.
 fn runtime_command(node: &Node, c: &Container, pid_file: &Path) -> Result<Command> {
     match &c.record.runtime {
         None => {
-            let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("finding berth-node itself: {e}")))?;
-            let mut cmd = Command::new(exe);
+            let mut cmd = self_command();
             cmd.arg("--root")
                 .arg(&node.root)
                 .arg("__init")
@@ -339,9 +346,11 @@ pub fn supervise(node: &Node, c: &Container, attach: bool) -> Result<i32> {
     let started = |runtime_pid: u32| -> Result<()> {
         // The container's pid is known once the runtime wrote it; until then the runtime's
         // own pid stands in (signals sent to it are forwarded).
-        let mut delay = Duration::from_micros(200);
+        // A short, flat poll: a container starts in tens of milliseconds, and every sleep
+        // here is added to `run`'s latency. Bounded at a minute for a runtime that hangs.
         let mut pid = None;
-        for _ in 0..2000 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if let Some(p) = read_pid(&pid_file) {
                 pid = Some(p);
                 break;
@@ -349,8 +358,7 @@ pub fn supervise(node: &Node, c: &Container, attach: bool) -> Result<i32> {
             if !super::alive(runtime_pid as i32) || is_zombie(runtime_pid) {
                 break;
             }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_micros(250));
         }
         c.set_state(&State {
             status: Status::Running,
@@ -424,8 +432,7 @@ pub fn exec(node: &Node, c: &Container, process: &crate::spec::Process, interact
     std::fs::write(&file, bytes).map_err(Error::io(&file))?;
     let cmd = match &c.record.runtime {
         None => {
-            let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("finding berth-node itself: {e}")))?;
-            let mut cmd = Command::new(exe);
+            let mut cmd = self_command();
             cmd.arg("--root")
                 .arg(&node.root)
                 .arg("__exec")
