@@ -409,7 +409,12 @@ async fn pushed_images_survive_continuous_gc(
                         .send()
                         .await
                         .expect("DELETE blob");
-                    assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    // Without grace period the collector may have taken the unused link first.
+                    assert!(
+                        matches!(r.status(), StatusCode::ACCEPTED | StatusCode::NOT_FOUND),
+                        "DELETE of a stray blob: {}",
+                        r.status()
+                    );
                     garbage_blobs.push(digest(&stray));
                 }
                 // Images pushed earlier stay whole.
