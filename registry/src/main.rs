@@ -335,6 +335,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ => None,
         }
     };
+    // Certificates (and a self-signed CA) are made before the port is bound: a client that can
+    // connect must find them (tests and orchestrators take an open port for readiness).
+    let tls_setup = match source {
+        Some(source) => {
+            let files = tls::prepare(&source)?;
+            if let Some(ca) = &files.ca {
+                tracing::info!(
+                    ca = %ca.display(),
+                    "self-signed TLS: clients must trust this CA (docker: copy it to /etc/docker/certs.d/<host:port>/ca.crt)"
+                );
+            }
+            let rustls = tls::load(&files).await?;
+            Some((rustls, files))
+        }
+        None => None,
+    };
     let state = AppState::open(config).await?;
     let _gc = berth_registry::gc::spawn(&state.config.gc, state.meta.clone(), state.blobs.clone());
     let listener = std::net::TcpListener::bind(listen).with_context(|| {
@@ -345,7 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         data = %state.config.data.display(),
         auth = ?state.auth.mode(),
-        tls = source.is_some(),
+        tls = tls_setup.is_some(),
         "berth-registry listening"
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -353,16 +369,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = tx.send(());
     };
-    let server = match source {
-        Some(source) => {
-            let files = tls::prepare(&source)?;
-            if let Some(ca) = &files.ca {
-                tracing::info!(
-                    ca = %ca.display(),
-                    "self-signed TLS: clients must trust this CA (docker: copy it to /etc/docker/certs.d/<host:port>/ca.crt)"
-                );
-            }
-            let rustls = tls::load(&files).await?;
+    let server = match tls_setup {
+        Some((rustls, files)) => {
             tls::reload_on_sighup(rustls.clone(), files);
             let app = berth_registry::app(state);
             tokio::spawn(async move { tls::serve_tls(listener, app, rustls, shutdown, grace).await })
