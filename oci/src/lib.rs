@@ -6,12 +6,14 @@
 //! - [`name`]: repository-name and tag grammar from the distribution spec.
 //! - [`media`]: media-type constants.
 //! - [`manifest`]: extraction of what a registry must know from a manifest body.
+//! - [`platform`]: `os/arch[/variant]`: the host's, and which index child matches one.
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod platform;
 
 pub use digest::{Digest, DigestError};
 pub use manifest::{Descriptor, ManifestError, ParsedManifest};

@@ -209,13 +209,7 @@ pub fn normalize(r: &Reference) -> String {
 
 /// This host's platform as `os/arch` in OCI terms.
 pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    format!("linux/{arch}")
+    berth_oci::platform::host()
 }
 
 fn now() -> u64 {
@@ -268,7 +262,7 @@ pub async fn pull(node: &Node, r: &Reference, platform: &str) -> Result<(ImageRe
         let child = index
             .manifests
             .iter()
-            .find(|d| platform_matches(d, platform))
+            .find(|d| berth_oci::platform::matches(d, platform))
             .ok_or_else(|| Error::Image(format!("{r}: the image has no variant for platform {platform}")))?;
         let m = repo.manifest(&child.digest.to_string()).await?;
         node.content.put(&m.digest, &m.bytes)?;
@@ -419,16 +413,6 @@ async fn remove_snapshot(node: &Node, key: &str) -> Result<()> {
         .await
         .map_err(|e| Error::Runtime(format!("remove task failed: {e}")))??;
     Ok(())
-}
-
-/// Whether an index child matches `os/arch[/variant]`.
-fn platform_matches(d: &Descriptor, want: &str) -> bool {
-    let Some(p) = &d.platform else { return false };
-    let mut parts = want.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    p["os"].as_str() == os
-        && p["architecture"].as_str() == arch
-        && (variant.is_none() || p["variant"].as_str() == variant)
 }
 
 /// Feeds a blocking reader from chunks an async task sends.

@@ -63,42 +63,37 @@ impl Node {
 
     /// Takes the root's lock (blocking while another process holds it).
     pub fn lock(&self) -> Result<Lock> {
-        let p = self.root.join("node.lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(Error::io(&p))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map(Lock)
-            .map_err(|(_, e)| Error::io(&p)(e.into()))
+        flock(&self.root.join("node.lock"), true)
     }
 
     /// The GC lock: pulls hold it shared for their whole run, `prune` exclusive, so prune
     /// never takes a layer that a pull committed but has not recorded yet.
     pub fn gc_lock(&self, exclusive: bool) -> Result<Lock> {
-        let p = self.root.join("gc.lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(Error::io(&p))?;
-        let arg = if exclusive {
-            nix::fcntl::FlockArg::LockExclusive
-        } else {
-            nix::fcntl::FlockArg::LockShared
-        };
-        nix::fcntl::Flock::lock(f, arg)
-            .map(Lock)
-            .map_err(|(_, e)| Error::io(&p)(e.into()))
+        flock(&self.root.join("gc.lock"), exclusive)
     }
 
     /// Directory of container `id`.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
     }
+}
+
+/// Opens (creating) `p` and takes an flock on it, waiting for other holders.
+fn flock(p: &Path, exclusive: bool) -> Result<Lock> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map_err(Error::io(p))?;
+    let arg = if exclusive {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockShared
+    };
+    nix::fcntl::Flock::lock(f, arg)
+        .map(Lock)
+        .map_err(|(_, e)| Error::io(p)(e.into()))
 }
 
 /// Writes `bytes` to `path` by temp + rename, so readers see the old or the new file whole.

@@ -345,7 +345,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             let platform = match (&platform, &docker_archive) {
-                (None, Some(_)) => Some(host_platform()),
+                (None, Some(_)) => Some(berth_oci::platform::host()),
                 (p, _) => p.clone(),
             };
             let layout = Layout::create(&dir)?;
@@ -548,17 +548,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// This machine's platform in OCI terms.
-fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    format!("linux/{arch}")
 }
 
 fn tempfile_in_temp() -> Result<PathBuf> {

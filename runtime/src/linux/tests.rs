@@ -22,22 +22,7 @@ use std::time::{Duration, Instant};
 // ----------------------------------------------------------------------------------------
 // A docker-like spec.
 
-const DOCKER_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+const DOCKER_CAPS: &[&str] = &crate::container::spec::DEFAULT_CAPS;
 /// `CapBnd` in /proc/<pid>/status for [`DOCKER_CAPS`].
 const DOCKER_CAPS_MASK: &str = "00000000a80425fb";
 
