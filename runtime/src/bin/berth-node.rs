@@ -10,6 +10,7 @@ use berth_runtime::container::{self, spec, supervise, Container, Status};
 use berth_runtime::image::{self, Images};
 use berth_runtime::{Error, Node, Result};
 use clap::{ArgAction, Parser, Subcommand};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -272,7 +273,14 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad flags exit 125 like docker's (clap's default is 2); help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
     let filter = if cli.debug { "debug" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| filter.into()))
