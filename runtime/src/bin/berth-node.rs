@@ -366,6 +366,16 @@ fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
+    let needs_root = !matches!(
+        cli.cmd,
+        Cmd::Images { .. } | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Inspect { .. }
+    );
+    if needs_root && !nix::unistd::geteuid().is_root() {
+        return Err(Error::Usage(
+            "berth-node must run as root: it mounts overlay filesystems and creates namespaces and cgroups (try sudo)"
+                .into(),
+        ));
+    }
     let node = node(&cli)?;
     match cli.cmd {
         Cmd::Init { .. } | Cmd::ExecInit { .. } => Ok(0),
