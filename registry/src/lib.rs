@@ -49,7 +49,7 @@ impl AppState {
         // Behind a TLS-terminating proxy (--insecure-http) clients still speak HTTPS: the token
         // realm advertised to them must say so, or docker would send passwords in clear text.
         let tls = config.tls.self_signed || config.tls.cert.is_some() || config.tls.insecure_http;
-        let auth = auth::Auth::new(mode, config.auth.clone(), meta.clone(), &config.data, tls)?;
+        let auth = auth::Auth::new(mode, config.auth.clone(), meta.clone(), &config.data, tls).await?;
         Ok(AppState {
             config: Arc::new(config),
             blobs,

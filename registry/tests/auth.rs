@@ -708,7 +708,16 @@ async fn token_mode_access_matrix() {
     // Tokens a client might hold: signed with the registry's own key (a valid one, as a
     // control that the signing below is right, and an expired one), signed with a stranger's
     // key, and a genuine one for another repository.
-    let key = std::fs::read(r.data().join("token/signing-key.pem")).expect("<data>/token/signing-key.pem");
+    let db = format!("sqlite://{}", r.data().join("berth.db").display());
+    let meta = berth_storage::Meta::connect(&db)
+        .await
+        .expect("the registry's database");
+    let key = meta
+        .signing_key("token")
+        .await
+        .expect("signing_keys")
+        .expect("the registry stored its signing key")
+        .into_bytes();
     let all = ["pull", "push", "delete"];
     let valid = sign_token(&key, "alice", 300, &all);
     let expired = sign_token(&key, "alice", -3600, &all);

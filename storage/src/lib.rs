@@ -9,7 +9,8 @@
 //!   `memory://`; the backend's multipart API where it has one.
 //! - [`hashstate`]: SHA-256 state persisted between chunks, so uploads survive a restart.
 //! - [`meta`]: [`Meta`], the metadata repository (repositories, blobs and per-repository links,
-//!   manifests, tags, referrers, upload sessions).
+//!   manifests, tags, referrers, upload sessions, and the auth state replicas share: the token
+//!   signing key and failed-login counts).
 //! - [`upload`]: upload sessions: stage each chunk as a part (or, on object stores, send it as
 //!   parts of a multipart upload recorded in the database) while hashing, then verify and
 //!   commit.

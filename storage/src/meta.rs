@@ -18,7 +18,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod auth;
 mod gc;
+pub use auth::LoginFailures;
 pub use gc::{GcBlob, GcGraph, GcLink, GcManifest};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -72,6 +74,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 "multipart",
                 include_str!("../../migrations/sqlite/0004_multipart.sql"),
             ),
+            m(
+                5,
+                "shared auth",
+                include_str!("../../migrations/sqlite/0005_shared_auth.sql"),
+            ),
         ],
         Dialect::Postgres => vec![
             m(1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -81,6 +88,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 4,
                 "multipart",
                 include_str!("../../migrations/postgres/0004_multipart.sql"),
+            ),
+            m(
+                5,
+                "shared auth",
+                include_str!("../../migrations/postgres/0005_shared_auth.sql"),
             ),
         ],
     };

@@ -19,6 +19,13 @@
 //! # Failed logins
 //! Counted per account name and client address; after `max_failed_logins` the pair is locked
 //! out for `lockout_secs` (429 `TOOMANYREQUESTS` with `Retry-After`). Secrets never reach logs.
+//!
+//! # What replicas share
+//! The signing key and the failed-login counts live in the database, so a token minted by one
+//! replica verifies on every other and a lockout earned on one holds on all (a guesser gets
+//! `max_failed_logins` tries in all, not per replica). The verified-password and
+//! verified-token caches stay in each process: they only spare work, and a replica that misses
+//! them checks again.
 
 pub mod rules;
 pub mod token;
@@ -42,8 +49,8 @@ use token::{ResourceActions, TokenKeys};
 pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// bcrypt cost for new passwords: about 50 ms here, and the cache above pays it once a minute.
 pub const BCRYPT_COST: u32 = 10;
-/// Bound on the in-memory tables (verified passwords, failed logins) before expired entries
-/// are swept.
+/// Bound on the in-memory caches (verified passwords and tokens) before expired entries are
+/// swept.
 const TABLE_LIMIT: usize = 10_000;
 
 /// What a request needs.
@@ -89,13 +96,6 @@ impl Access {
 /// A verified token's grants and expiry (Unix seconds).
 type VerifiedToken = (Vec<ResourceActions>, u64);
 
-#[derive(Debug)]
-struct Failures {
-    count: u32,
-    since: Instant,
-    locked_until: Option<Instant>,
-}
-
 /// The authenticator: mode, policy, accounts, token keys, caches.
 pub struct Auth {
     mode: AuthMode,
@@ -105,7 +105,8 @@ pub struct Auth {
     keys: Option<TokenKeys>,
     tls: bool,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
-    failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
+    /// When this replica last purged failed-login rows that no longer count.
+    purged: Mutex<Option<Instant>>,
     /// Tokens already verified, by SHA-256 of the token, with their grants and expiry: a
     /// token is immutable, so its ECDSA check need not be repeated on every layer of a pull.
     tokens: Mutex<HashMap<[u8; 32], VerifiedToken>>,
@@ -170,10 +171,11 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
 }
 
 impl Auth {
-    /// An authenticator in `mode`; in token mode the signing key lives under `data/token`.
-    pub fn new(mode: AuthMode, config: AuthConfig, meta: Meta, data: &Path, tls: bool) -> anyhow::Result<Auth> {
+    /// An authenticator in `mode`; in token mode the signing key is the one in the database
+    /// (imported from `data/token` where an older Berth kept it).
+    pub async fn new(mode: AuthMode, config: AuthConfig, meta: Meta, data: &Path, tls: bool) -> anyhow::Result<Auth> {
         let keys = match mode {
-            AuthMode::Token => Some(TokenKeys::load_or_create(&data.join("token"), &config)?),
+            AuthMode::Token => Some(TokenKeys::shared(&meta, &data.join("token"), &config).await?),
             _ => None,
         };
         Ok(Auth {
@@ -184,7 +186,7 @@ impl Auth {
             keys,
             tls,
             verified: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            purged: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
             bcrypt_slots: tokio::sync::Semaphore::new(2),
         })
@@ -200,35 +202,38 @@ impl Auth {
         self.keys.as_ref()
     }
 
-    fn locked(&self, key: &(String, Option<IpAddr>)) -> Option<u64> {
-        let map = self.failures.lock().ok()?;
-        let until = map.get(key)?.locked_until?;
-        let now = Instant::now();
-        (until > now).then(|| (until - now).as_secs().max(1))
+    fn lockout_window(&self) -> Duration {
+        Duration::from_secs(self.config.lockout_secs.max(1))
     }
 
-    fn record_failure(&self, key: (String, Option<IpAddr>)) {
-        let Ok(mut map) = self.failures.lock() else { return };
-        let now = Instant::now();
-        let window = Duration::from_secs(self.config.lockout_secs.max(1));
-        if map.len() > TABLE_LIMIT {
-            map.retain(|_, f| now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now));
+    /// Counts a failed login in the database. A failure to count is logged, not shown: the
+    /// client gets its 401 either way.
+    async fn record_failure(&self, name: &str, peer: &str) {
+        let window = self.lockout_window();
+        if let Err(e) = self
+            .meta
+            .record_login_failure(name, peer, self.config.max_failed_logins, window)
+            .await
+        {
+            tracing::error!(error = %e, account = name, "cannot count a failed login");
         }
-        let f = map.entry(key).or_insert(Failures {
-            count: 0,
-            since: now,
-            locked_until: None,
-        });
-        if now.duration_since(f.since) > window && f.locked_until.is_none_or(|u| u <= now) {
-            *f = Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            };
-        }
-        f.count += 1;
-        if f.count >= self.config.max_failed_logins.max(1) {
-            f.locked_until = Some(now + window);
+        // Rows that no longer count are purged here, at most once a window per replica: only
+        // failures make rows, so only failures need to clean up after them.
+        let due = match self.purged.lock() {
+            Ok(mut last) => {
+                let now = Instant::now();
+                let due = last.is_none_or(|t| now.duration_since(t) >= window);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            if let Err(e) = self.meta.purge_login_failures().await {
+                tracing::warn!(error = %e, "cannot purge expired failed logins");
+            }
         }
     }
 
@@ -293,8 +298,10 @@ impl Auth {
 
     /// Signs in with a name and password (basic auth, the token endpoint's credentials).
     pub async fn login(&self, name: &str, password: &str, peer: Option<IpAddr>) -> Result<Principal, AppError> {
-        let key = (name.to_owned(), peer);
-        if let Some(retry) = self.locked(&key) {
+        let peer_key = peer.map(|p| p.to_string()).unwrap_or_default();
+        let failed = self.meta.login_failures(name, &peer_key).await?;
+        if let Some(locked_for) = failed.and_then(|f| f.locked_for) {
+            let retry = locked_for.as_millis().div_ceil(1000).max(1);
             return Err(AppError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOOMANYREQUESTS",
@@ -314,14 +321,16 @@ impl Auth {
         };
         match account {
             Some(a) if ok => {
-                if let Ok(mut map) = self.failures.lock() {
-                    map.remove(&key);
+                // Only a pair with failures on record costs a write: basic auth signs in on
+                // every request.
+                if failed.is_some() {
+                    self.meta.clear_login_failures(name, &peer_key).await?;
                 }
                 Ok(Self::principal_of(&a))
             }
             _ => {
                 tracing::info!(account = name, peer = ?peer, "failed login");
-                self.record_failure(key);
+                self.record_failure(name, &peer_key).await;
                 Err(self.unauthorized("invalid username or password"))
             }
         }

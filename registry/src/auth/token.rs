@@ -1,12 +1,16 @@
 //! Docker token auth: signing keys, the JWTs the built-in token service issues, and their
 //! verification (including tokens from trusted external issuers).
 //!
-//! Keys: an ECDSA P-256 key generated on first start and kept at `<data>/token/signing-key.pem`
-//! (mode 0600), so tokens survive restarts. Its `kid` is the libtrust fingerprint that docker's
+//! Keys: an ECDSA P-256 key generated on first start and kept in the database (table
+//! `signing_keys`), so tokens survive restarts and a token minted by one replica verifies on
+//! every other. Replicas starting together agree on one key (the first insert wins). A key
+//! an older Berth kept at `<data>/token/signing-key.pem` is imported on first start, so
+//! tokens already handed out stay valid. Its `kid` is the libtrust fingerprint that docker's
 //! distribution also uses, so a distribution registry could trust this token service too.
 
 use crate::config::{AuthConfig, TrustedIssuer};
 use anyhow::{bail, Context as _};
+use berth_storage::Meta;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rcgen::PublicKeyData as _;
 use serde::{Deserialize, Serialize};
@@ -174,28 +178,68 @@ fn trusted_verifiers(t: &TrustedIssuer) -> anyhow::Result<Vec<Verifier>> {
     Ok(out)
 }
 
+/// Name of the token service's key in the `signing_keys` table.
+const KEY_NAME: &str = "token";
+
+/// A new ES256 private key, PEM.
+pub fn generate_pem() -> anyhow::Result<String> {
+    Ok(rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("generating the token signing key")?
+        .serialize_pem())
+}
+
 impl TokenKeys {
-    /// Loads the signing key from `dir` (creating it on first start) and the trusted issuers'
-    /// keys from the configuration.
-    pub fn load_or_create(dir: &Path, config: &AuthConfig) -> anyhow::Result<TokenKeys> {
-        let path = dir.join("signing-key.pem");
-        let pem = match std::fs::read_to_string(&path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .context("generating the token signing key")?;
-                let pem = kp.serialize_pem();
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                write_private(&path, pem.as_bytes())?;
-                tracing::info!(path = %path.display(), "generated the token signing key");
+    /// The signing key every replica shares, from the database: the one stored, else the key
+    /// an older Berth kept in `legacy_dir/signing-key.pem`, else a new one (whichever replica
+    /// stores first wins; the others read its key). Trusted issuers' keys come from the
+    /// configuration.
+    pub async fn shared(meta: &Meta, legacy_dir: &Path, config: &AuthConfig) -> anyhow::Result<TokenKeys> {
+        let legacy_path = legacy_dir.join("signing-key.pem");
+        let legacy = match std::fs::read_to_string(&legacy_path) {
+            Ok(p) => Some(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", legacy_path.display())),
+        };
+        let pem = match meta.signing_key(KEY_NAME).await? {
+            Some(pem) => pem,
+            None => {
+                let candidate = match &legacy {
+                    Some(pem) => {
+                        // Checked before it is shared: a bad file must not become every
+                        // replica's key.
+                        Self::from_pem(pem, config).with_context(|| format!("importing {}", legacy_path.display()))?;
+                        pem.clone()
+                    }
+                    None => generate_pem()?,
+                };
+                let (pem, ours) = meta.shared_signing_key(KEY_NAME, &candidate).await?;
+                match (ours, legacy.is_some()) {
+                    (true, true) => tracing::info!(
+                        path = %legacy_path.display(),
+                        "imported the token signing key into the database (the file is no longer read)"
+                    ),
+                    (true, false) => tracing::info!("generated the token signing key (kept in the database)"),
+                    (false, _) => {}
+                }
                 pem
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let kp =
-            rcgen::KeyPair::from_pem(&pem).with_context(|| format!("{} is not a PEM private key", path.display()))?;
-        let encoding = EncodingKey::from_ec_pem(pem.as_bytes())
-            .with_context(|| format!("{} is not an EC P-256 key", path.display()))?;
+        if legacy.as_deref().is_some_and(|l| l.trim() != pem.trim()) {
+            tracing::warn!(
+                path = %legacy_path.display(),
+                "ignoring this token signing key: replicas sign with the one in the database, and tokens signed \
+                 with this file's key are refused; remove the file"
+            );
+        }
+        Self::from_pem(&pem, config)
+    }
+
+    /// Keys from a PEM private key (ES256), and the trusted issuers' keys from the
+    /// configuration.
+    pub fn from_pem(pem: &str, config: &AuthConfig) -> anyhow::Result<TokenKeys> {
+        let kp = rcgen::KeyPair::from_pem(pem).context("the token signing key is not a PEM private key")?;
+        let encoding =
+            EncodingKey::from_ec_pem(pem.as_bytes()).context("the token signing key is not an EC P-256 key")?;
         let own = DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes()).context("deriving the public key")?;
         let kid = libtrust_kid(&kp.subject_public_key_info());
         let mut trusted = Vec::new();
@@ -310,21 +354,6 @@ impl TokenKeys {
     }
 }
 
-/// Writes a secret file readable by its owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 /// Parses a token-spec scope `type[(class)]:name:actions`; the name may hold `host:port`.
 pub fn parse_scope(scope: &str) -> Option<(String, String, Vec<String>)> {
     let (kind, rest) = scope.split_once(':')?;
@@ -404,7 +433,8 @@ mod tests {
     fn issue_verify_and_refuse() {
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = AuthConfig::default();
-        let keys = TokenKeys::load_or_create(dir.path(), &cfg).expect("keys");
+        let pem = generate_pem().expect("key");
+        let keys = TokenKeys::from_pem(&pem, &cfg).expect("keys");
         assert_eq!(keys.kid().len(), 59, "12 groups of 4 and 11 colons");
         let access = vec![ResourceActions {
             kind: "repository".into(),
@@ -414,8 +444,8 @@ mod tests {
         let t = keys.issue("alice", access.clone(), 60).expect("issue");
         let c = keys.verify(&t).expect("verify");
         assert_eq!((c.sub.as_str(), c.access), ("alice", access));
-        // The same key is reused after a restart.
-        let again = TokenKeys::load_or_create(dir.path(), &cfg).expect("reload");
+        // The same key, loaded again (another replica, a restart), verifies it.
+        let again = TokenKeys::from_pem(&pem, &cfg).expect("reload");
         assert!(again.verify(&t).is_ok());
         // Expired.
         let old = keys.issue("alice", vec![], 0).expect("issue");
@@ -425,8 +455,8 @@ mod tests {
         let expired = jsonwebtoken::encode(&keys.header(), &claims, &keys.encoding).expect("encode");
         assert!(keys.verify(&expired).is_err());
         // Another key.
-        let other_dir = tempfile::tempdir().expect("tmp");
-        let other = TokenKeys::load_or_create(other_dir.path(), &cfg).expect("other");
+        let other_pem = generate_pem().expect("key");
+        let other = TokenKeys::from_pem(&other_pem, &cfg).expect("other");
         assert!(keys
             .verify(&other.issue("mallory", vec![], 60).expect("issue"))
             .is_err());
@@ -439,8 +469,7 @@ mod tests {
         );
         assert!(keys.verify_refresh(&t).is_err());
         // A trusted external issuer's key.
-        let pem = std::fs::read_to_string(other_dir.path().join("signing-key.pem")).expect("pem");
-        let kp = rcgen::KeyPair::from_pem(&pem).expect("kp");
+        let kp = rcgen::KeyPair::from_pem(&other_pem).expect("kp");
         let pubfile = dir.path().join("other.pub.pem");
         std::fs::write(&pubfile, kp.public_key_pem()).expect("write");
         let trusting = AuthConfig {
@@ -451,7 +480,7 @@ mod tests {
             }],
             ..AuthConfig::default()
         };
-        let keys2 = TokenKeys::load_or_create(dir.path(), &trusting).expect("keys");
+        let keys2 = TokenKeys::from_pem(&pem, &trusting).expect("keys");
         assert!(keys2.verify(&other.issue("ext", vec![], 60).expect("issue")).is_ok());
     }
 
@@ -477,7 +506,7 @@ mod tests {
             }],
             ..AuthConfig::default()
         };
-        let keys = TokenKeys::load_or_create(&dir.path().join("own"), &cfg).expect("keys");
+        let keys = TokenKeys::from_pem(&generate_pem().expect("key"), &cfg).expect("keys");
         let encoding = EncodingKey::from_ec_pem(ext.serialize_pem().as_bytes()).expect("encoding key");
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some("ext-1".into());
@@ -505,5 +534,44 @@ mod tests {
         let wrong_aud =
             jsonwebtoken::encode(&header, &claims("https://auth.example", "other"), &encoding).expect("sign");
         assert!(keys.verify(&wrong_aud).is_err());
+    }
+
+    /// Replicas share one key through the database; a key file of an older Berth is imported
+    /// once, and a bad one is refused rather than shared.
+    #[tokio::test]
+    async fn shared_key_from_the_database_and_the_legacy_file() {
+        let cfg = AuthConfig::default();
+        for (name, meta) in berth_storage::testing::metas().await {
+            let (a, b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+            let first = TokenKeys::shared(&meta, a.path(), &cfg).await.expect("first start");
+            let second = TokenKeys::shared(&meta, b.path(), &cfg).await.expect("second replica");
+            assert_eq!(first.kid(), second.kid(), "{name}");
+            let t = first.issue("alice", vec![], 60).expect("issue");
+            assert!(second.verify(&t).is_ok(), "{name}");
+            assert!(
+                !a.path().join("signing-key.pem").exists(),
+                "{name}: no key file is written"
+            );
+        }
+        for (name, meta) in berth_storage::testing::metas().await {
+            let dir = tempfile::tempdir().expect("tmp");
+            let pem = generate_pem().expect("key");
+            std::fs::write(dir.path().join("signing-key.pem"), &pem).expect("write");
+            let old = TokenKeys::from_pem(&pem, &cfg).expect("keys");
+            let imported = TokenKeys::shared(&meta, dir.path(), &cfg).await.expect("import");
+            assert_eq!(imported.kid(), old.kid(), "{name}: the file's key is imported");
+            let elsewhere = tempfile::tempdir().expect("tmp");
+            let other = TokenKeys::shared(&meta, elsewhere.path(), &cfg).await.expect("replica");
+            assert!(
+                other.verify(&old.issue("alice", vec![], 60).expect("issue")).is_ok(),
+                "{name}"
+            );
+        }
+        for (name, meta) in berth_storage::testing::metas().await {
+            let dir = tempfile::tempdir().expect("tmp");
+            std::fs::write(dir.path().join("signing-key.pem"), "not a key").expect("write");
+            assert!(TokenKeys::shared(&meta, dir.path(), &cfg).await.is_err(), "{name}");
+            assert_eq!(meta.signing_key(KEY_NAME).await.expect("read"), None, "{name}");
+        }
     }
 }
