@@ -18,11 +18,18 @@ pub struct Config {
     pub data: PathBuf,
     /// Metadata database URL; defaults to `sqlite://<data>/berth.db`.
     pub database: Option<String>,
-    /// Blob storage URL: `file:///PATH` (default `file://<data>`), `s3://BUCKET/PREFIX`, or
-    /// `memory://` (lost at exit: tests and throw-away registries).
+    /// Blob storage URL: `file:///PATH` (default `file://<data>`), `s3://BUCKET/PREFIX`,
+    /// `gs://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`, or `memory://` (lost at exit: tests and
+    /// throw-away registries).
     pub storage: Option<String>,
     /// How to reach `s3://` storage; unset values come from the `AWS_*` environment variables.
     pub s3: S3Config,
+    /// How to reach `gs://` storage; unset values come from the `GOOGLE_*` environment
+    /// variables.
+    pub gcs: GcsConfig,
+    /// How to reach `az://` storage; unset values come from the `AZURE_*` environment
+    /// variables.
+    pub azure: AzureConfig,
     /// Largest manifest accepted, in bytes. The spec asks registries to take at least 4 MiB.
     pub max_manifest_bytes: usize,
     /// Page size of tag and catalog listings when the client gives no `n`, and the largest `n`
@@ -148,6 +155,74 @@ impl S3Config {
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
             path_style: self.path_style,
+        }
+    }
+}
+
+/// Google Cloud Storage settings. Unset values come from `GOOGLE_SERVICE_ACCOUNT`,
+/// `GOOGLE_SERVICE_ACCOUNT_KEY`, `GOOGLE_APPLICATION_CREDENTIALS` or gcloud's application default
+/// credentials; with none of them the registry refuses to start unless `instance_credentials`
+/// says to use the GCE/GKE metadata server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    /// Path of a service account's JSON key file.
+    pub service_account_path: Option<String>,
+    /// A service account's JSON key (prefer a file or the environment for it).
+    pub service_account_key: Option<String>,
+    /// Path of an application default credentials file.
+    pub application_credentials: Option<String>,
+    /// Use the instance's (GCE) or workload's (GKE) service account.
+    pub instance_credentials: bool,
+}
+
+impl GcsConfig {
+    fn options(&self) -> berth_storage::blob::GcsOptions {
+        berth_storage::blob::GcsOptions {
+            service_account_path: self.service_account_path.clone(),
+            service_account_key: self.service_account_key.clone(),
+            application_credentials: self.application_credentials.clone(),
+            instance_credentials: self.instance_credentials,
+        }
+    }
+}
+
+/// Azure Blob Storage settings. Unset values come from `AZURE_STORAGE_ACCOUNT_NAME`,
+/// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_KEY`, `AZURE_CLIENT_ID`,
+/// `AZURE_CLIENT_SECRET`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`; with no credentials
+/// the registry refuses to start unless `managed_identity` says to use the VM's or pod's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureConfig {
+    /// Storage account name.
+    pub account: Option<String>,
+    /// Storage account access key (prefer the environment for it).
+    pub access_key: Option<String>,
+    /// Shared access signature (its query string).
+    pub sas_token: Option<String>,
+    /// Service principal: client id.
+    pub client_id: Option<String>,
+    /// Service principal: client secret (prefer the environment for it).
+    pub client_secret: Option<String>,
+    /// Service principal: tenant id.
+    pub tenant_id: Option<String>,
+    /// Blob endpoint, for Azurite or sovereign clouds (`http://` allowed).
+    pub endpoint: Option<String>,
+    /// Use the VM's or pod's managed identity.
+    pub managed_identity: bool,
+}
+
+impl AzureConfig {
+    fn options(&self) -> berth_storage::blob::AzureOptions {
+        berth_storage::blob::AzureOptions {
+            account: self.account.clone(),
+            access_key: self.access_key.clone(),
+            sas_token: self.sas_token.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            tenant_id: self.tenant_id.clone(),
+            endpoint: self.endpoint.clone(),
+            managed_identity: self.managed_identity,
         }
     }
 }
@@ -315,6 +390,8 @@ impl Default for Config {
             database: None,
             storage: None,
             s3: S3Config::default(),
+            gcs: GcsConfig::default(),
+            azure: AzureConfig::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             page_size: 1000,
             shutdown_grace_secs: 30,
@@ -345,6 +422,15 @@ impl Config {
         self.storage
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data.display()))
+    }
+
+    /// What the storage backends need to be reached.
+    pub fn storage_options(&self) -> berth_storage::blob::StorageOptions {
+        berth_storage::blob::StorageOptions {
+            s3: self.s3.options(),
+            gcs: self.gcs.options(),
+            azure: self.azure.options(),
+        }
     }
 
     /// Checks values that serde cannot.
@@ -400,6 +486,16 @@ mod tests {
         assert_eq!(c.storage_url(), "s3://b/p");
         assert_eq!(c.s3.options().path_style, Some(true));
         assert!(toml::from_str::<Config>("[s3]\nbucket = \"x\"").is_err());
+        let c: Config = toml::from_str(
+            "storage = \"az://images/registry\"\n[azure]\naccount = \"acct\"\nmanaged_identity = true\n\
+             [gcs]\nservice_account_path = \"/etc/berth/gcs.json\"",
+        )
+        .expect("parse");
+        let o = c.storage_options();
+        assert_eq!(o.azure.account.as_deref(), Some("acct"));
+        assert!(o.azure.managed_identity);
+        assert_eq!(o.gcs.service_account_path.as_deref(), Some("/etc/berth/gcs.json"));
+        assert!(toml::from_str::<Config>("[gcs]\nbucket = \"x\"").is_err());
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> 
         )
     })?;
     let url = config.storage_url();
-    let blobs = BlobStore::open(&url, &config.s3.options())
+    let blobs = BlobStore::open(&url, &config.storage_options())
         .map_err(|e| anyhow::anyhow!("cannot open blob storage {url}: {e}"))?;
     let meta = Meta::connect(&config.database_url()).await?;
     Ok((blobs, meta))

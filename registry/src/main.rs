@@ -121,7 +121,8 @@ struct StoreArgs {
     /// Metadata database URL [default: sqlite://<data>/berth.db].
     #[arg(long, env = "BERTH_DATABASE", global = true)]
     database: Option<String>,
-    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX, memory:// [default: file://<data>].
+    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX, memory:// [default: file://<data>].
     #[arg(long, env = "BERTH_STORAGE", global = true)]
     storage: Option<String>,
     /// TOML configuration file.
@@ -146,8 +147,9 @@ struct ServeArgs {
     /// Metadata database URL [default: sqlite://<data>/berth.db].
     #[arg(long, env = "BERTH_DATABASE")]
     database: Option<String>,
-    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX (endpoint, region and credentials
-    /// from the config's [s3] or AWS_* variables), memory:// [default: file://<data>].
+    /// Blob storage URL: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX (settings and credentials from the config's [s3], [gcs], [azure]
+    /// or the AWS_*, GOOGLE_*, AZURE_* variables), memory:// [default: file://<data>].
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
     /// TOML configuration file; environment variables and flags override its values.

@@ -109,7 +109,7 @@ fn berth_on_postgres_and_s3_passes_every_check() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tmp");
-    let endpoint = s3.endpoint.clone().expect("endpoint");
+    let endpoint = s3.s3.endpoint.clone().expect("endpoint");
     let config = tmp.path().join("config.toml");
     std::fs::write(
         &config,

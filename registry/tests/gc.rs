@@ -211,7 +211,7 @@ struct Stores {
     config: PathBuf,
     database: Option<String>,
     /// An `s3://` URL and how to reach it; `None`: blobs in `data`.
-    s3: Option<(String, berth_storage::blob::S3Options)>,
+    s3: Option<(String, berth_storage::blob::StorageOptions)>,
 }
 
 impl Stores {
@@ -219,14 +219,14 @@ impl Stores {
         dir: &Path,
         gc: &str,
         database: Option<String>,
-        s3: Option<(String, berth_storage::blob::S3Options)>,
+        s3: Option<(String, berth_storage::blob::StorageOptions)>,
     ) -> Self {
         let config = dir.join("config.toml");
         let mut text = format!("[gc]\n{gc}\n");
         if let Some((_, o)) = &s3 {
             text.push_str(&format!(
                 "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n",
-                o.endpoint.as_deref().expect("endpoint")
+                o.s3.endpoint.as_deref().expect("endpoint")
             ));
             // Credentials the usual way, from the environment (children inherit it).
             std::env::set_var("AWS_ACCESS_KEY_ID", "berth-test");
@@ -323,7 +323,7 @@ async fn pushed_images_survive_continuous_gc_on_postgres_and_s3() {
 
 async fn pushed_images_survive_continuous_gc(
     database: Option<String>,
-    s3: Option<(String, berth_storage::blob::S3Options)>,
+    s3: Option<(String, berth_storage::blob::StorageOptions)>,
 ) {
     const PUSHERS: u64 = 3;
     const IMAGES: u64 = 12;

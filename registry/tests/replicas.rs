@@ -40,7 +40,7 @@ struct Cluster {
     tmp: tempfile::TempDir,
     db: String,
     storage: String,
-    s3: berth_storage::blob::S3Options,
+    s3: berth_storage::blob::StorageOptions,
     config: String,
     replicas: Vec<Server>,
 }
@@ -56,7 +56,7 @@ impl Cluster {
             &config,
             format!(
                 "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n{extra_config}",
-                s3.endpoint.as_deref().expect("endpoint")
+                s3.s3.endpoint.as_deref().expect("endpoint")
             ),
         )
         .expect("config");

@@ -4,12 +4,15 @@
 //! after the caller verified the digest: a rename for a single part (atomic on a file system) or
 //! a multipart completion (atomic on object stores), so a reader never sees a partial blob.
 //!
-//! On a backend with a multipart API (S3, memory) uploads use it instead (`mp_*`, driven by
+//! On a backend with a multipart API (S3, GCS, Azure, memory) uploads use it instead (`mp_*`, driven by
 //! `upload.rs`): the completed upload is copied to the digest's key (server-side up to S3's
 //! 5 GiB copy limit), or a blob smaller than a part is written there in one PUT.
 
 use crate::error::{Error, Result};
 use crate::paths;
+use object_store::signer::Signer;
+
+mod open;
 use berth_oci::Digest;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -17,6 +20,7 @@ use object_store::local::LocalFileSystem;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
+pub use open::{AzureOptions, Backend, GcsOptions, S3Options, StorageOptions};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
@@ -44,24 +48,6 @@ const MIN_PART: usize = 5 * 1024 * 1024;
 /// Largest object S3 copies in one request; bigger blobs are streamed to their key instead.
 const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
 
-/// Where an S3 store is and how to reach it; unset values come from the usual `AWS_*`
-/// environment variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …) or the instance's role.
-#[derive(Debug, Clone, Default)]
-pub struct S3Options {
-    /// Endpoint URL of an S3-compatible server (`http://` is allowed for it).
-    pub endpoint: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Access key id.
-    pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<String>,
-    /// Path-style requests (`<endpoint>/<bucket>/<key>`), which most S3-compatible servers
-    /// need; `false` asks for virtual-hosted style (`<bucket>.<endpoint>/<key>`).
-    pub path_style: Option<bool>,
-}
-
 /// A multipart-capable backend, and the prefix its keys live under.
 #[derive(Clone)]
 struct Multipart {
@@ -79,6 +65,13 @@ pub struct BlobRead {
     pub stream: BoxStream<'static, std::io::Result<Bytes>>,
 }
 
+/// A backend's URL signer (S3, GCS, Azure), and the prefix the store's keys live under.
+#[derive(Clone)]
+struct Presigner {
+    signer: Arc<dyn Signer>,
+    prefix: Option<Path>,
+}
+
 /// Blob bytes, content-addressed, over an object store.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -89,6 +82,10 @@ pub struct BlobStore {
     /// The backend's multipart API, when it has one: uploads then send their chunks as parts
     /// of one multipart upload (see `upload.rs`) instead of an object per chunk.
     multipart: Option<Multipart>,
+    /// Which backend, for logs and checks.
+    backend: Backend,
+    /// Signs URLs that let a client read a blob from the backend directly.
+    signer: Option<Presigner>,
 }
 
 impl BlobStore {
@@ -98,6 +95,8 @@ impl BlobStore {
             store,
             local_root: None,
             multipart: None,
+            backend: Backend::Custom,
+            signer: None,
         }
     }
 
@@ -117,6 +116,8 @@ impl BlobStore {
                 min_part: MIN_PART,
                 part_size: PART_CHUNK,
             }),
+            backend: Backend::Custom,
+            signer: None,
         }
     }
 
@@ -124,7 +125,9 @@ impl BlobStore {
     /// without an object store (tests, throw-away registries).
     pub fn memory() -> Self {
         let m = Arc::new(object_store::memory::InMemory::new());
-        Self::with_multipart(m.clone(), m, None)
+        let mut s = Self::with_multipart(m.clone(), m, None);
+        s.backend = Backend::Memory;
+        s
     }
 
     /// Test hook: smaller multipart parts, so small uploads exercise them.
@@ -137,60 +140,44 @@ impl BlobStore {
         self
     }
 
-    /// Opens the store a URL names: `file:///path` (a local directory), `memory://`, or
-    /// `s3://bucket/prefix` (with `s3` options, else the `AWS_*` environment).
-    pub fn open(url: &str, s3: &S3Options) -> Result<Self> {
-        if let Some(path) = url.strip_prefix("file://") {
-            if path.is_empty() {
-                return Err(Error::Config(format!("{url:?} names no directory: use file:///PATH")));
-            }
-            return Self::local(std::path::Path::new(path));
-        }
-        if url == "memory://" || url == "memory:" {
-            return Ok(Self::memory());
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let prefix = prefix.trim_matches('/');
-            if bucket.is_empty() {
-                return Err(Error::Config(format!(
-                    "{url:?} names no bucket: use s3://BUCKET/PREFIX"
-                )));
-            }
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if let Some(e) = &s3.endpoint {
-                b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-            }
-            if let Some(r) = &s3.region {
-                b = b.with_region(r);
-            }
-            if let Some(k) = &s3.access_key_id {
-                b = b.with_access_key_id(k);
-            }
-            if let Some(k) = &s3.secret_access_key {
-                b = b.with_secret_access_key(k);
-            }
-            if let Some(p) = s3.path_style {
-                b = b.with_virtual_hosted_style_request(!p);
-            }
-            let s3 = Arc::new(b.build().map_err(|e| Error::Config(format!("S3 store {url:?}: {e}")))?);
-            let whole: Arc<dyn ObjectStore> = s3.clone();
-            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                whole
-            } else {
-                Arc::new(object_store::prefix::PrefixStore::new(whole, prefix))
-            };
-            return Ok(Self::with_multipart(store, s3, Some(prefix)));
-        }
-        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or(url);
-        Err(Error::Config(format!(
-            "unsupported storage URL {url:?} (scheme {scheme:?}): use file:///PATH, s3://BUCKET/PREFIX or memory://{}",
-            if matches!(scheme, "gs" | "az" | "azure" | "abfs") {
-                "; Google Cloud Storage and Azure need object_store's gcp/azure features, not built in"
-            } else {
-                ""
-            }
-        )))
+    /// Opens the store a URL names: `file:///PATH`, `memory://`, `s3://BUCKET/PREFIX`,
+    /// `gs://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`, with `opts` for the cloud backends (credentials: see
+    /// `blob/open.rs`).
+    pub fn open(url: &str, opts: &StorageOptions) -> Result<Self> {
+        open::open(url, opts)
+    }
+
+    /// Which backend the store writes to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the backend can sign URLs for direct downloads (S3, GCS, Azure).
+    pub fn can_presign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL from which anyone holding it may GET the blob's bytes straight from the backend
+    /// for `expires_in`; `None` when the backend cannot sign. Whoever hands it out must have
+    /// checked access first: the URL is the access.
+    pub async fn presigned_get(&self, digest: &Digest, expires_in: std::time::Duration) -> Result<Option<String>> {
+        let Some(p) = &self.signer else { return Ok(None) };
+        let key = paths::blob(digest);
+        let full = match &p.prefix {
+            Some(prefix) => Path::from_iter(prefix.parts().chain(key.parts())),
+            None => key.clone(),
+        };
+        // The signer takes http's Method; parsing infers it, so this crate needs no HTTP
+        // dependency of its own.
+        let get = "GET"
+            .parse()
+            .map_err(|_| Error::Config("GET is not an HTTP method".into()))?;
+        let url = p
+            .signer
+            .signed_url(get, &full, expires_in)
+            .await
+            .map_err(Error::backend(&key))?;
+        Ok(Some(url.to_string()))
     }
 
     /// Whether uploads go through the backend's multipart API.
@@ -335,6 +322,8 @@ impl BlobStore {
             store: Arc::new(fs),
             local_root: Some(root),
             multipart: None,
+            backend: Backend::File,
+            signer: None,
         })
     }
 
@@ -888,32 +877,6 @@ mod tests {
         let s = BlobStore::open(&url, &opts).expect("s3 store");
         let raw = s.store.clone();
         suite(s, raw).await;
-    }
-
-    #[test]
-    fn storage_urls() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("file://{}", dir.path().display());
-        assert!(!BlobStore::open(&url, &S3Options::default())
-            .expect("file")
-            .multipart_enabled());
-        assert!(BlobStore::open("memory://", &S3Options::default())
-            .expect("memory")
-            .multipart_enabled());
-        let s3 = S3Options {
-            endpoint: Some("http://127.0.0.1:9".into()),
-            region: Some("us-east-1".into()),
-            ..S3Options::default()
-        };
-        assert!(BlobStore::open("s3://bucket/some/prefix", &s3)
-            .expect("s3")
-            .multipart_enabled());
-        for bad in ["s3://", "file://", "gs://bucket", "ftp://x", "/just/a/path"] {
-            assert!(
-                matches!(BlobStore::open(bad, &s3), Err(Error::Config(_))),
-                "{bad} must be refused"
-            );
-        }
     }
 
     #[tokio::test]

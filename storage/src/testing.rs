@@ -101,7 +101,7 @@ fn start_moto() -> Option<String> {
 
 /// A new, empty bucket on the test S3 server: its `s3://` URL (with a prefix, as deployments
 /// use) and the options to reach it; `None` when there is no server (see [`s3_endpoint`]).
-pub fn fresh_s3() -> Option<(String, crate::blob::S3Options)> {
+pub fn fresh_s3() -> Option<(String, crate::blob::StorageOptions)> {
     use std::io::{Read, Write};
     let endpoint = s3_endpoint()?;
     let bucket = format!("berth-test-{}", uuid::Uuid::new_v4().simple());
@@ -118,12 +118,15 @@ pub fn fresh_s3() -> Option<(String, crate::blob::S3Options)> {
         answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
         "creating bucket {bucket}: {answer}"
     );
-    let opts = crate::blob::S3Options {
-        endpoint: Some(endpoint),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("berth-test".into()),
-        secret_access_key: Some("berth-test".into()),
-        path_style: Some(true),
+    let opts = crate::blob::StorageOptions {
+        s3: crate::blob::S3Options {
+            endpoint: Some(endpoint),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("berth-test".into()),
+            secret_access_key: Some("berth-test".into()),
+            path_style: Some(true),
+        },
+        ..Default::default()
     };
     Some((format!("s3://{bucket}/registry"), opts))
 }
