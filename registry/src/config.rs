@@ -30,6 +30,8 @@ pub struct Config {
     /// How to reach `az://` storage; unset values come from the `AZURE_*` environment
     /// variables.
     pub azure: AzureConfig,
+    /// Blob downloads answered with a redirect to the object store (off by default).
+    pub redirect: RedirectConfig,
     /// Largest manifest accepted, in bytes. The spec asks registries to take at least 4 MiB.
     pub max_manifest_bytes: usize,
     /// Page size of tag and catalog listings when the client gives no `n`, and the largest `n`
@@ -155,6 +157,33 @@ impl S3Config {
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
             path_style: self.path_style,
+        }
+    }
+}
+
+/// Blob downloads straight from the object store.
+///
+/// When on, `GET /v2/<name>/blobs/<digest>` is answered, after the usual access check, with a
+/// `307` to a presigned URL of the object store (S3, GCS, Azure), so blob bytes bypass the
+/// registry: its bandwidth and CPU then serve metadata only. Clients must be able to reach the
+/// store's endpoint, and the URL itself grants the download until it expires. HEAD requests
+/// and stores that cannot sign (file, memory) are served as before.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectConfig {
+    /// Answer blob GETs with a redirect.
+    pub enabled: bool,
+    /// Seconds a presigned URL stays valid. The store checks it when a download starts, so
+    /// this only needs to cover the time between the redirect and the client following it;
+    /// 20 minutes (as distribution's redirect middleware) leaves room for retries.
+    pub expiry_secs: u64,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        RedirectConfig {
+            enabled: false,
+            expiry_secs: 20 * 60,
         }
     }
 }
@@ -392,6 +421,7 @@ impl Default for Config {
             s3: S3Config::default(),
             gcs: GcsConfig::default(),
             azure: AzureConfig::default(),
+            redirect: RedirectConfig::default(),
             max_manifest_bytes: 4 * 1024 * 1024,
             page_size: 1000,
             shutdown_grace_secs: 30,
@@ -452,6 +482,10 @@ impl Config {
         }
         anyhow::ensure!(self.page_size > 0, "page_size must be at least 1");
         anyhow::ensure!(
+            !self.redirect.enabled || self.redirect.expiry_secs > 0,
+            "redirect.expiry_secs must be at least 1"
+        );
+        anyhow::ensure!(
             !self.gc.enabled || self.gc.interval_secs > 0,
             "gc.interval_secs must be at least 1 (or set gc.enabled = false)"
         );
@@ -507,6 +541,10 @@ mod tests {
         assert_eq!(
             (c.max_manifest_bytes, c.shutdown_grace_secs),
             (d.max_manifest_bytes, d.shutdown_grace_secs)
+        );
+        assert_eq!(
+            (c.redirect.enabled, c.redirect.expiry_secs),
+            (d.redirect.enabled, d.redirect.expiry_secs)
         );
         assert_eq!(
             (

@@ -92,6 +92,10 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> 
     let url = config.storage_url();
     let blobs = BlobStore::open(&url, &config.storage_options())
         .map_err(|e| anyhow::anyhow!("cannot open blob storage {url}: {e}"))?;
+    anyhow::ensure!(
+        !config.redirect.enabled || blobs.can_presign(),
+        "redirect.enabled needs storage that signs URLs (s3://, gs:// or az://); {url} cannot"
+    );
     let meta = Meta::connect(&config.database_url()).await?;
     Ok((blobs, meta))
 }

@@ -79,6 +79,26 @@ pub(super) async fn get(
             repo: name.to_owned(),
             digest: digest.clone(),
         })?;
+    // The access check is behind us (route) and the link lookup above is the repository's:
+    // only now may the store's URL be handed out. The store answers ranges itself.
+    if !head && size > 0 && state.config.redirect.enabled {
+        let expiry = std::time::Duration::from_secs(state.config.redirect.expiry_secs);
+        match state.blobs.presigned_get(&digest, expiry).await {
+            Ok(Some(url)) => {
+                return Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header(header::LOCATION, url)
+                    .header("docker-content-digest", digest.to_string())
+                    .header(header::CONTENT_LENGTH, 0)
+                    .body(Body::empty())
+                    .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()));
+            }
+            Ok(None) => {}
+            // Signing needs fresh credentials (an instance role's, say): if they cannot be had,
+            // serve the bytes rather than fail the pull.
+            Err(e) => tracing::warn!(error = %e, %digest, "cannot presign a blob URL: serving it directly"),
+        }
+    }
     let range = parse_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size);
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
