@@ -1,6 +1,14 @@
 //! OCI image layouts on disk (image-spec `image-layout.md`): `oci-layout`, `index.json`,
 //! `blobs/<alg>/<hex>`. Blobs are written through a temporary file in the same directory and
 //! renamed once their digest is verified, so a layout never holds a partial blob under a digest.
+//!
+//! # Crash safety
+//! Every file gets its name by a rename after its data was synced, so after a crash a name
+//! holds the right bytes or does not exist (never zeros or a torn tail, which is what a
+//! rename before the data reached the disk can leave). The renames are made durable by syncing
+//! their directory before anything that depends on them is written: blobs before the
+//! manifests that list them, everything before `index.json`, which is written last. What
+//! `index.json` records is on disk when a pull returns.
 
 use crate::error::{Error, Result};
 use berth_oci::{Descriptor, Digest};
@@ -28,14 +36,24 @@ impl Layout {
 
     /// Opens a layout, creating an empty one if the directory has none.
     pub fn create(root: &Path) -> Result<Layout> {
+        let new_root = !root.exists();
         std::fs::create_dir_all(root.join("blobs/sha256")).map_err(|e| Error::local(root, e))?;
         if !root.join("oci-layout").exists() {
-            write_atomic(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            replace_file(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         if !root.join("index.json").exists() {
             let index =
                 serde_json::json!({"schemaVersion": 2, "mediaType": berth_oci::media::OCI_INDEX, "manifests": []});
-            write_atomic(&root.join("index.json"), index.to_string().as_bytes())?;
+            replace_file(&root.join("index.json"), index.to_string().as_bytes())?;
+        }
+        // The new names: `sha256` in `blobs`, the files and `blobs` in the root, and the root
+        // itself in its parent when it was made here.
+        sync_dir(&root.join("blobs"))?;
+        sync_dir(root)?;
+        if new_root {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
         }
         Ok(Layout { root: root.to_owned() })
     }
@@ -48,6 +66,27 @@ impl Layout {
     /// Whether the blob is present with the given size.
     pub fn has_blob(&self, d: &Digest, size: u64) -> bool {
         std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.len() == size)
+    }
+
+    /// Whether the blob is present with the given size and its content matches its digest.
+    /// A pull checks blobs it finds rather than trusting their names: another tool (or an
+    /// older berth) may have renamed a file before its data reached the disk, and a crash
+    /// then leaves the name over zeros or a torn tail. Hashed on a blocking thread.
+    pub async fn has_verified_blob(&self, d: &Digest, size: u64) -> Result<bool> {
+        if !self.has_blob(d, size) {
+            return Ok(false);
+        }
+        let p = self.blob_path(d);
+        let want = d.clone();
+        tokio::task::spawn_blocking(move || file_digest(&p).map(|actual| actual == want))
+            .await
+            .map_err(|e| Error::local(self.blob_path(d), e))?
+    }
+
+    /// Makes the renames of blobs into `blobs/<alg>` durable: a pull calls it before it writes
+    /// what lists those blobs.
+    pub fn sync_blobs(&self, algorithm: &str) -> Result<()> {
+        sync_dir(&self.root.join("blobs").join(algorithm))
     }
 
     /// A temporary path beside the blobs, for a download in progress.
@@ -73,11 +112,12 @@ impl Layout {
         Ok(bytes)
     }
 
-    /// Writes a small blob (manifest, config) whole; returns its digest.
+    /// Writes a small blob (manifest, config) whole, durably; returns its digest. A file
+    /// already there is kept only if it holds exactly these bytes.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let d = Digest::of(bytes);
         let p = self.blob_path(&d);
-        if !self.has_blob(&d, bytes.len() as u64) {
+        if !self.has_blob(&d, bytes.len() as u64) || std::fs::read(&p).ok().as_deref() != Some(bytes) {
             write_atomic(&p, bytes)?;
         }
         Ok(d)
@@ -137,13 +177,55 @@ impl Layout {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` durably: through a synced temporary file and a rename, then a sync
+/// of the directory, so that after a crash `path` holds the old bytes or the new, and after
+/// the return the new ones.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// [`write_atomic`] without the directory sync: the data is on disk before the name points
+/// at it, the rename is durable once the caller syncs the directory.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::local(dir, e))?;
     let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::local(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::local(path, e))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_data()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::local(path, e));
+    }
+    Ok(())
+}
+
+/// Syncs a directory: the names created, renamed or removed in it become durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::local(dir, format!("syncing the directory: {e}")))
+}
+
+/// The SHA-256 digest of a file's content, read in large pieces.
+fn file_digest(path: &Path) -> Result<Digest> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::local(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::local(path, e)),
+        }
+    }
+    Ok(Digest::from_sha256(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -174,5 +256,52 @@ mod tests {
         assert!(l.find(None).is_err(), "two manifests: a tag is needed");
         std::fs::write(l.blob_path(&d), b"[]").expect("corrupt");
         assert!(matches!(l.read_blob(&d), Err(Error::DigestMismatch { .. })));
+    }
+
+    #[tokio::test]
+    async fn blobs_found_are_checked_not_trusted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let l = Layout::create(dir.path()).expect("create");
+        let good = b"a layer's bytes".to_vec();
+        let d = Digest::of(&good);
+        assert!(
+            !l.has_verified_blob(&d, good.len() as u64).await.expect("check"),
+            "missing"
+        );
+        // What a rename before the data reached the disk can leave after a crash: the name,
+        // the size, zeros.
+        std::fs::write(l.blob_path(&d), vec![0u8; good.len()]).expect("torn");
+        assert!(l.has_blob(&d, good.len() as u64), "the size alone looks right");
+        assert!(
+            !l.has_verified_blob(&d, good.len() as u64).await.expect("check"),
+            "zeros"
+        );
+        std::fs::write(l.blob_path(&d), &good).expect("good");
+        assert!(l.has_verified_blob(&d, good.len() as u64).await.expect("check"));
+        assert!(!l.has_verified_blob(&d, 1).await.expect("check"), "another size");
+
+        // A small blob written over a torn one of the same size gets its bytes back.
+        let manifest = br#"{"schemaVersion":2}"#;
+        let md = Digest::of(manifest);
+        std::fs::write(l.blob_path(&md), vec![0u8; manifest.len()]).expect("torn");
+        assert_eq!(l.write_blob(manifest).expect("write"), md);
+        assert_eq!(l.read_blob(&md).expect("read"), manifest);
+
+        // Only names that mean something are left: no temporary files.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .expect("list")
+            .chain(std::fs::read_dir(dir.path()).expect("list"))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            d.hex().to_owned(),
+            md.hex().to_owned(),
+            "blobs".into(),
+            "index.json".into(),
+            "oci-layout".into(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
     }
 }

@@ -11,7 +11,6 @@ use sha2::{Digest as _, Sha256};
 use std::io::{Seek as _, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 /// Blobs up to this size go in one PUT; larger ones in chunks of this size, each resumable.
 /// Large on purpose: a registry stores each chunk as a part and must concatenate the parts
@@ -40,6 +39,103 @@ pub enum Uploaded {
     /// Sent.
     Sent,
 }
+
+/// Whether a downloaded blob must survive a crash once it has its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Its data reaches the disk (`fdatasync`) before it is renamed to its final name: for
+    /// blobs that stay, such as an image layout's. The rename itself becomes durable when the
+    /// caller syncs the directory (an image layout does before it records the blob).
+    Durable,
+    /// No sync: for a temporary file that is read back and deleted (a copy between
+    /// registries), where a crash loses nothing that matters.
+    Temporary,
+}
+
+/// Pieces of a download waiting for the writer: hyper hands over up to ~400 KiB at a time, so
+/// at most ~6.5 MiB per download, enough to ride out the writer's stalls (a pull of 600 MB
+/// took 4% longer with 4, at 21 MiB of RSS against 38 MiB with 16).
+const WRITE_QUEUE: usize = 16;
+
+/// Writeback of a durable download is started each time this much more has been written.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// What the receiving task hands the writer.
+enum Piece {
+    /// The next bytes of the blob.
+    Bytes(bytes::Bytes),
+    /// The server ignored `Range`: drop what was written and start over.
+    Restart,
+    /// Every byte was received: sync (when durable) and return the digest.
+    End,
+}
+
+/// The writer of one download, on a blocking thread: appends each piece to `file` and hashes
+/// it, until [`Piece::End`] (or until the receiving side goes away, which abandons the file).
+/// Returns the SHA-256 and the length of what was written.
+fn write_hashed(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+    path: &Path,
+    durability: Durability,
+) -> Result<(sha2::digest::Output<Sha256>, u64)> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| Error::local(path, e);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    // Bytes before this offset have had their writeback started.
+    let mut flushed = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Piece::Bytes(b)) => {
+                hasher.update(&b);
+                file.write_all(&b).map_err(io)?;
+                written += b.len() as u64;
+                if durability == Durability::Durable && written - flushed >= WRITEBACK_STEP {
+                    start_writeback(&file, flushed, written - flushed);
+                    flushed = written;
+                }
+            }
+            Some(Piece::Restart) => {
+                file.set_len(0).map_err(io)?;
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                hasher = Sha256::new();
+                written = 0;
+                flushed = 0;
+            }
+            Some(Piece::End) => break,
+            None => return Err(io(std::io::Error::other("download abandoned"))),
+        }
+    }
+    if durability == Durability::Durable {
+        file.sync_data().map_err(io)?;
+    }
+    Ok((hasher.finalize(), written))
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without waiting
+/// and without flushing metadata or the disk's cache (`sync_file_range(SYNC_FILE_RANGE_WRITE)`;
+/// the `fdatasync` that follows makes them durable). Only a head start: failures are ignored,
+/// the `fdatasync` reports them. Without it the kernel keeps a fresh download dirty until its
+/// dirty ratio is reached (GBs here), and the final `fdatasync` writes the whole blob out
+/// while the pull waits.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor that `file` keeps open for the duration of
+    // the call; no memory is passed to the kernel.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Elsewhere the final `fdatasync` does all the work.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 /// One repository on one registry.
 #[derive(Clone)]
@@ -262,12 +358,34 @@ impl Repo {
     }
 
     /// Downloads a blob to `dest`, resuming with `Range` after a dropped connection, verifying
-    /// the digest before the file gets its final name (via `partial`).
+    /// the digest before the file gets its final name (via `partial`). [`Durability::Durable`]:
+    /// a blob that stays (an image layout).
     pub async fn download(
         &self,
         d: &Digest,
         partial: &Path,
         dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        self.download_with(d, partial, dest, Durability::Durable, progress)
+            .await
+    }
+
+    /// [`Repo::download`] with a choice of [`Durability`].
+    ///
+    /// The bytes are hashed and written on a blocking thread fed through a bounded channel,
+    /// so hashing (the largest cost of a pull: SHA-256 runs at ~1.5 GB/s here) and the page
+    /// cache copy overlap with receiving the next bytes instead of taking turns with it on the
+    /// receiving task; the channel's bound keeps a slow disk from buffering the blob in memory.
+    /// A durable download asks the kernel to start writing back each few MiB as they are
+    /// written, so the `fdatasync` before the rename waits for the last few MiB only, not for
+    /// the whole blob to go to disk after the last byte arrived.
+    pub async fn download_with(
+        &self,
+        d: &Digest,
+        partial: &Path,
+        dest: &Path,
+        durability: Durability,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64> {
         let path = format!("/v2/{}/blobs/{d}", self.name);
@@ -276,48 +394,55 @@ impl Repo {
         let unique = partial.with_extension(format!("{}.partial", uuid::Uuid::new_v4().simple()));
         let guard = RemoveOnDrop(Some(unique.clone()));
         let partial = unique.as_path();
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(partial)
-            .await
             .map_err(|e| Error::local(partial, e))?;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = {
+            let partial = partial.to_owned();
+            tokio::task::spawn_blocking(move || write_hashed(file, rx, &partial, durability))
+        };
+        // Bytes handed to the writer so far: where a resumed request starts.
+        let mut received = 0u64;
         let mut failures = 0u32;
-        loop {
+        // Sends a piece to the writer; `false` when the writer stopped (it failed: its result
+        // says why).
+        let feed = |piece: Piece| {
+            let tx = &tx;
+            async move { tx.send(piece).await.is_ok() }
+        };
+        let completed = 'download: loop {
             let mut h = HeaderMap::new();
-            if written > 0 {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes={written}-")) {
+            if received > 0 {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes={received}-")) {
                     h.insert(RANGE, v);
                 }
             }
             let r = self.t.send(Method::GET, &path, &self.pull_scope(), h, None).await?;
             match r.status() {
-                StatusCode::OK if written > 0 => {
+                StatusCode::OK if received > 0 => {
                     // The server ignored the range: start over.
-                    file.set_len(0).await.map_err(|e| Error::local(partial, e))?;
-                    file.seek(SeekFrom::Start(0))
-                        .await
-                        .map_err(|e| Error::local(partial, e))?;
-                    hasher = Sha256::new();
-                    written = 0;
+                    if !feed(Piece::Restart).await {
+                        break 'download false;
+                    }
+                    received = 0;
                 }
                 StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
-                _ => {
-                    let _ = tokio::fs::remove_file(partial).await;
-                    return Err(self.t.fail(r).await);
-                }
+                _ => return Err(self.t.fail(r).await),
             }
             let mut stream = r.bytes_stream();
             let mut broke = None;
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(c) => {
-                        file.write_all(&c).await.map_err(|e| Error::local(partial, e))?;
-                        hasher.update(&c);
-                        written += c.len() as u64;
-                        progress(c.len() as u64);
+                        let n = c.len() as u64;
+                        if !feed(Piece::Bytes(c)).await {
+                            break 'download false;
+                        }
+                        received += n;
+                        progress(n);
                     }
                     Err(e) => {
                         broke = Some(e);
@@ -326,33 +451,38 @@ impl Repo {
                 }
             }
             match broke {
-                None => break,
+                None => break feed(Piece::End).await,
                 Some(e) => {
                     failures += 1;
                     if failures > 5 {
-                        let _ = tokio::fs::remove_file(partial).await;
                         return Err(Error::Network {
                             registry: self.t.registry.clone(),
                             message: format!("downloading {d}: {e} (gave up after {failures} attempts)"),
                         });
                     }
-                    tracing::info!(digest = %d, written, error = %e, "download interrupted; resuming");
+                    tracing::info!(digest = %d, received, error = %e, "download interrupted; resuming");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(failures))).await;
                 }
             }
+        };
+        drop(tx);
+        // The writer's error (a full disk) explains a stop better than the stop itself.
+        let (hash, written) = writer
+            .await
+            .map_err(|e| Error::local(partial, format!("writing the download failed: {e}")))??;
+        if !completed {
+            return Err(Error::local(partial, "the download's writer stopped early"));
         }
-        file.flush().await.map_err(|e| Error::local(partial, e))?;
-        file.sync_all().await.map_err(|e| Error::local(partial, e))?;
-        drop(file);
-        let actual = Digest::from_sha256(&hasher.finalize());
+        let actual = Digest::from_sha256(&hash);
         if &actual != d {
-            let _ = tokio::fs::remove_file(partial).await;
             return Err(Error::DigestMismatch {
                 what: format!("blob {} from {}", d, self.t.registry),
                 expected: d.to_string(),
                 actual: actual.to_string(),
             });
         }
+        // The data is on disk (when durable) before the name appears: after a crash, a blob
+        // under its final name holds its bytes, never zeros or a torn tail.
         tokio::fs::rename(partial, dest)
             .await
             .map_err(|e| Error::local(dest, e))?;
@@ -552,4 +682,63 @@ async fn paginate(t: &Transport, first: &str, scope: &str, key: &str) -> Result<
         out.extend(page);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the writer over `pieces` on a blocking thread, as a download does.
+    async fn write(durability: Durability, pieces: Vec<Piece>, end: bool) -> (Result<(Digest, u64)>, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("blob.partial");
+        let file = std::fs::File::create(&path).expect("create");
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let p = path.clone();
+        let writer = tokio::task::spawn_blocking(move || write_hashed(file, rx, &p, durability));
+        for piece in pieces {
+            tx.send(piece).await.expect("writer alive");
+        }
+        if end {
+            tx.send(Piece::End).await.expect("writer alive");
+        }
+        drop(tx);
+        let result = writer.await.expect("joined").map(|(h, n)| (Digest::from_sha256(&h), n));
+        (result, std::fs::read(&path).expect("read"))
+    }
+
+    #[tokio::test]
+    async fn writer_hashes_what_it_writes_across_writeback_steps() {
+        // Pieces adding up to more than two writeback steps, so writeback is started midway.
+        let piece = vec![7u8; 3 << 20];
+        let pieces = (0..6)
+            .map(|_| Piece::Bytes(bytes::Bytes::from(piece.clone())))
+            .collect();
+        let (result, content) = write(Durability::Durable, pieces, true).await;
+        let (digest, n) = result.expect("written");
+        assert_eq!(n, 18 << 20);
+        assert_eq!(content.len(), 18 << 20);
+        assert_eq!(digest, Digest::of(&content));
+    }
+
+    #[tokio::test]
+    async fn writer_restart_forgets_what_came_before() {
+        let pieces = vec![
+            Piece::Bytes(bytes::Bytes::from_static(b"stale half")),
+            Piece::Restart,
+            Piece::Bytes(bytes::Bytes::from_static(b"whole ")),
+            Piece::Bytes(bytes::Bytes::from_static(b"blob")),
+        ];
+        let (result, content) = write(Durability::Temporary, pieces, true).await;
+        assert_eq!(content, b"whole blob");
+        assert_eq!(result.expect("written"), (Digest::of(b"whole blob"), 10));
+    }
+
+    #[tokio::test]
+    async fn writer_without_an_end_reports_the_download_abandoned() {
+        let pieces = vec![Piece::Bytes(bytes::Bytes::from_static(b"half"))];
+        let (result, _) = write(Durability::Durable, pieces, false).await;
+        let err = result.expect_err("no End: nothing to vouch for");
+        assert!(err.to_string().contains("abandoned"), "{err}");
+    }
 }

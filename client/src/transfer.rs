@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::registry::{Repo, Uploaded};
+use crate::registry::{Durability, Repo, Uploaded};
 use berth_oci::{manifest, media, Descriptor, Digest};
 use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -334,6 +334,11 @@ async fn fetch_top(src: &Repo, reference: &str) -> Result<(Descriptor, Vec<u8>)>
 }
 
 /// Pulls `src_ref` from `src` into `layout`, listed as `tag`.
+///
+/// Blobs the layout has already are re-hashed, not trusted by name and size (see
+/// [`Layout::has_verified_blob`]); the others are downloaded, each verified and synced before
+/// its rename. When this returns, the blobs, the manifests and `index.json` are on disk, in
+/// that order: after a crash `index.json` never lists what is missing.
 pub async fn pull(
     src: &Repo,
     src_ref: &str,
@@ -348,22 +353,21 @@ pub async fn pull(
         Ok(src.manifest(&d.digest.to_string()).await?.bytes)
     })
     .await?;
-    let missing: Vec<&Descriptor> = tree
-        .blobs
-        .iter()
-        .filter(|b| !layout.has_blob(&b.digest, b.size))
-        .collect();
-    let total: u64 = missing.iter().map(|b| b.size).sum();
-    let rep = Reporter::new(show, total);
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    let downloaded = futures::stream::iter(missing.iter().map(|b| {
-        let (rep, bytes) = (&rep, &bytes);
+    let rep = Reporter::new(show, tree.blobs.iter().map(|b| b.size).sum());
+    let (sent, bytes) = (AtomicUsize::new(0), std::sync::atomic::AtomicU64::new(0));
+    let downloaded = futures::stream::iter(tree.blobs.iter().map(|b| {
+        let (rep, sent, bytes) = (&rep, &sent, &bytes);
         async move {
             let bar = rep.blob(&b.digest, b.size);
             let tick = |n: u64| {
                 bar.inc(n);
                 rep.total.inc(n);
             };
+            if layout.has_verified_blob(&b.digest, b.size).await? {
+                tick(b.size);
+                rep.done("exists", &b.digest, b.size, &bar);
+                return Ok(());
+            }
             let n = src
                 .download(
                     &b.digest,
@@ -379,6 +383,7 @@ pub async fn pull(
                     b.digest, b.size
                 )));
             }
+            sent.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(n, Ordering::Relaxed);
             rep.done("pulled", &b.digest, b.size, &bar);
             Ok::<_, Error>(())
@@ -391,17 +396,23 @@ pub async fn pull(
     // The first failure cancels the other downloads midway; each removes its partial file
     // when dropped.
     downloaded?;
+    // Each blob's data was synced before its rename; now the renames, before the manifests
+    // that list the blobs and index.json, which lists the manifests, are written (durably).
+    if !tree.blobs.is_empty() {
+        layout.sync_blobs(tree.blobs[0].digest.algorithm())?;
+    }
     for (_, body) in &tree.manifests {
         layout.write_blob(body)?;
     }
     let (root, _) = top(&tree);
     layout.set_tag(root, tag)?;
+    let transferred = sent.into_inner();
     Ok(Summary {
         digest: root.digest.to_string(),
         media_type: root.media_type.clone(),
         blobs: tree.blobs.len(),
-        transferred: missing.len(),
-        skipped: tree.blobs.len() - missing.len(),
+        transferred,
+        skipped: tree.blobs.len() - transferred,
         mounted: 0,
         bytes: bytes.into_inner(),
     })
@@ -436,7 +447,9 @@ pub async fn copy(
         let file = tmp.join(b.digest.hex());
         let partial = tmp.join(format!("{}.partial", b.digest.hex()));
         // The bar follows the download; the upload is reported when done.
-        src.download(&b.digest, &partial, &file, &|n| tick.add(n)).await?;
+        // A stopover read back once and deleted: not worth a sync.
+        src.download_with(&b.digest, &partial, &file, Durability::Temporary, &|n| tick.add(n))
+            .await?;
         let result = dst.upload(&b.digest, b.size, &file, None, &|_| {}).await;
         let _ = std::fs::remove_file(&file);
         result?;
@@ -444,4 +457,138 @@ pub async fn copy(
     })
     .await?;
     put_manifests(&tree, dst, dst_ref, counts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Options, Transport};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A registry that serves one image read-only from memory and counts the GETs of each
+    /// path: enough for `pull`, and the counts show what a pull fetched.
+    struct Served {
+        addr: String,
+        gets: Arc<Mutex<HashMap<String, usize>>>,
+    }
+
+    async fn serve(repo: &str, manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let mut routes: HashMap<String, (Vec<u8>, &'static str)> = HashMap::new();
+        let md = Digest::of(&manifest);
+        for r in ["1".to_owned(), md.to_string()] {
+            routes.insert(
+                format!("/v2/{repo}/manifests/{r}"),
+                (manifest.clone(), media::OCI_MANIFEST),
+            );
+        }
+        for b in blobs {
+            routes.insert(
+                format!("/v2/{repo}/blobs/{}", Digest::of(&b)),
+                (b, "application/octet-stream"),
+            );
+        }
+        let gets = Arc::new(Mutex::new(HashMap::new()));
+        let (routes, counted) = (Arc::new(routes), gets.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (routes, counted) = (routes.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.is_ok_and(|n| n == 1) {
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    *counted.lock().expect("lock").entry(path.to_owned()).or_insert(0) += 1;
+                    let (status, body, ct) = match routes.get(path) {
+                        Some((b, ct)) => ("200 OK", b.clone(), *ct),
+                        None if path == "/v2/" => ("200 OK", b"{}".to_vec(), "application/json"),
+                        None => ("404 Not Found", b"{\"errors\":[]}".to_vec(), "application/json"),
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    if method != "HEAD" {
+                        let _ = conn.write_all(&body).await;
+                    }
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Served { addr, gets }
+    }
+
+    fn desc(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        serde_json::json!({"mediaType": media_type, "digest": Digest::of(bytes).to_string(), "size": bytes.len()})
+    }
+
+    #[tokio::test]
+    async fn pull_checks_the_blobs_it_finds_and_replaces_torn_ones() {
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let layers: Vec<Vec<u8>> = (0..2u8).map(|i| vec![i + 1; (3 << 20) + 17]).collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": desc("application/vnd.oci.image.config.v1+json", &config),
+            "layers": layers.iter().map(|l| desc("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+        })
+        .to_string()
+        .into_bytes();
+        let mut blobs = layers.clone();
+        blobs.push(config.clone());
+        let served = serve("test/img", manifest.clone(), blobs).await;
+        let opts = Options {
+            plain_http: true,
+            insecure: false,
+            retries: 1,
+        };
+        let t = Transport::new(&served.addr, &served.addr, true, None, &opts).expect("transport");
+        let repo = Repo::new(Arc::new(t), "test/img");
+        let dir = tempfile::tempdir().expect("tmp");
+        let layout = Layout::create(dir.path()).expect("layout");
+        let layer_gets = |i: usize| {
+            let path = format!("/v2/test/img/blobs/{}", Digest::of(&layers[i]));
+            served.gets.lock().expect("lock").get(&path).copied().unwrap_or(0)
+        };
+
+        let first = pull(&repo, "1", &layout, "1", None, 4, Show::Quiet)
+            .await
+            .expect("pull");
+        assert_eq!((first.blobs, first.transferred, first.skipped), (3, 3, 0));
+        assert_eq!((layer_gets(0), layer_gets(1)), (1, 1));
+        assert_eq!(first.digest, Digest::of(&manifest).to_string());
+
+        // A crash after a rename that came before the data reached the disk (another tool's,
+        // or an older berth's) leaves the right name and size over zeros.
+        let torn = layout.blob_path(&Digest::of(&layers[0]));
+        std::fs::write(&torn, vec![0u8; layers[0].len()]).expect("tear");
+        let again = pull(&repo, "1", &layout, "1", None, 4, Show::Quiet)
+            .await
+            .expect("pull again");
+        assert_eq!(
+            (again.transferred, again.skipped),
+            (1, 2),
+            "only the torn layer is fetched again"
+        );
+        assert_eq!((layer_gets(0), layer_gets(1)), (2, 1));
+        assert_eq!(std::fs::read(&torn).expect("read"), layers[0]);
+        assert_eq!(
+            layout.find(Some("1")).expect("tagged").digest,
+            Digest::of(&manifest),
+            "index.json lists the pulled manifest"
+        );
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
 }
