@@ -125,16 +125,6 @@ fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<manifest::ParsedM
     manifest::parse(bytes, Some(media_type)).map_err(|e| Error::Usage(format!("{what}: {e}")))
 }
 
-/// Whether an index child matches `os/arch[/variant]`.
-fn platform_matches(d: &Descriptor, want: &str) -> bool {
-    let Some(p) = &d.platform else { return false };
-    let mut parts = want.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    p["os"].as_str() == os
-        && p["architecture"].as_str() == arch
-        && (variant.is_none() || p["variant"].as_str() == variant)
-}
-
 /// Walks a manifest tree, reading each manifest with `fetch`.
 async fn walk<F, Fut>(root: Descriptor, root_bytes: Vec<u8>, platform: Option<&str>, fetch: F) -> Result<Tree>
 where
@@ -159,7 +149,7 @@ where
                 let one = parsed
                     .manifests
                     .iter()
-                    .find(|c| platform_matches(c, p))
+                    .find(|c| berth_oci::platform::matches(c, p))
                     .cloned()
                     .ok_or_else(|| {
                         Error::Usage(format!("the index {} has no manifest for platform {p}", root.digest))
