@@ -1,6 +1,8 @@
 //! Registry processes for tests and benchmarks: Berth's own binary and the reference registry
 //! (Debian's `docker-registry`, CNCF distribution 2.8), each started on a loopback port over a
 //! directory of its own, waited for, and stopped gracefully (SIGTERM) or crashed (SIGKILL).
+//! What a server was given for itself alone (a [`PgDatabase`], a [`Moto`] S3 server) can be
+//! [attached](Server::attach) to it, and ends when the server does.
 //!
 //! Kept here, in the black-box crate, so the registry's end-to-end tests and `berth-bench`
 //! start servers the same way.
@@ -31,6 +33,8 @@ pub struct Server {
     log: PathBuf,
     /// Whether it serves HTTPS (started with `--tls …` or `--tls-cert …`).
     tls: bool,
+    /// Resources that end with the server (dropped after its process is gone).
+    attached: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// A free loopback port (bound and released; the server binds it right after).
@@ -135,6 +139,7 @@ impl Server {
             data: data.to_owned(),
             log,
             tls,
+            attached: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -199,12 +204,149 @@ impl Server {
         Ok(child.wait()?)
     }
 
-    /// SIGKILL: a crash.
+    /// SIGKILL: a crash. What was attached ends too.
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.attached.clear();
+    }
+
+    /// Keeps `resource` until the server is crashed or dropped, then drops it (after the
+    /// server's process is gone, so a database is no longer in use when it is dropped).
+    pub fn attach(&mut self, resource: impl std::any::Any + Send) {
+        self.attached.push(Box::new(resource));
+    }
+}
+
+/// A database of its own for one server, made in a PostgreSQL cluster through `psql` (the
+/// black-box crate has no SQL driver) and dropped, with everything in it, when this is.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    /// The new database's URL.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates `berth_<tag>_<pid>_<n>` through `admin` (a URL such as
+    /// `postgres://berth:berth@127.0.0.1:5432/berth`, of a role that may create databases).
+    pub fn create(admin: &str, tag: &str) -> Result<PgDatabase> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag: String = tag
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("berth_{tag}_{}_{n}", std::process::id());
+        let (path, query) = admin.split_once('?').map_or((admin, ""), |(p, q)| (p, q));
+        let base = path
+            .split_once("://")
+            .and_then(|(_, rest)| rest.contains('/').then(|| path.rsplit_once('/')))
+            .flatten()
+            .map(|(base, _)| base)
+            .with_context(|| format!("{admin:?} is not a postgres://USER@HOST/DB URL"))?;
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        psql(admin, &format!("CREATE DATABASE {name}"))?;
+        Ok(PgDatabase {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}{query}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Err(e) = psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("cannot drop database {}: {e:#}", self.name);
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args([url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .context("running psql (Debian package postgresql-client)")?;
+    if !out.status.success() {
+        bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// moto's S3-compatible server (`moto_server`, PyPI `moto[server]`), on a free loopback port
+/// with one empty bucket, stopped when dropped. It keeps objects in memory (spilling large ones
+/// to temporary files), so one per server keeps a long benchmark from piling up there.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts it, logging beside `dir` (the server's data directory), and creates `bucket`.
+    pub fn start(dir: &Path, bucket: &str) -> Result<Moto> {
+        use std::io::{Read as _, Write as _};
+        let port = free_port()?;
+        let (_, f) = log_file(&dir.with_extension("moto"), port)?;
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .context("starting moto_server (pip install 'moto[server]')")?;
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let host = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            match std::net::TcpStream::connect(&host) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = moto.child.try_wait() {
+                        bail!("moto_server exited with {status}");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => bail!("moto_server did not listen on {host} within 30 s: {e}"),
+            }
+        };
+        write!(
+            conn,
+            "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        if !answer.starts_with("HTTP/1.1 200") && !answer.starts_with("HTTP/1.0 200") {
+            bail!("creating bucket {bucket} on moto: {answer}");
+        }
+        Ok(moto)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

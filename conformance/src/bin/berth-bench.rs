@@ -24,7 +24,8 @@
 //!   measured on the 2-core CI machine, can double a 1 GiB write); `--keep-caches` measures
 //!   with a warm, full page cache instead. Each run gets a fresh pair of servers whose data is
 //!   deleted afterwards: a full run writes ~90 GB, more than the disk holds.
-//!   `blob-put` is the 1 GiB (`--smoke`: 1 MiB) monolithic upload from one client alone.
+//!   `blob-put` is the 1 GiB (`--smoke`: 1 MiB) monolithic upload from one client alone,
+//!   `blob-put-chunked` the chunked one.
 //! - `blob-pull`: GET of one blob of each of those sizes from 1 and 16 concurrent clients (the
 //!   same 2 GiB cap: 1 and 2 for 1 GiB), from page cache (one untimed GET warms it), read to the
 //!   end and discarded: seconds and MB/s. `blob-get` is the largest size from one client alone.
@@ -40,9 +41,10 @@
 //!   list's first page (`n=1000`; `--smoke`: 10) and its full walk along `Link` pages, and the
 //!   same for `_catalog`, in ms; what each server returned (distribution 2.8 ignores `n` on tag
 //!   lists and answers everything at once); how the cost grew from one size to the next (×10),
-//!   classified as flat, log, linear or quadratic; how long populating took. Limit: each server
-//!   gets [`POPULATE_BUDGET`] of populating (the bound that keeps the workload to a few
-//!   minutes); the first step is the sample that measures its rate, and a later step that
+//!   classified as flat, log, linear or quadratic; the median page time of each full walk (the
+//!   per-page latency); how long populating took. Limit: each server
+//!   gets `--populate-budget` seconds of populating (default 180: the bound that keeps the
+//!   workload to a few minutes); the first step is the sample that measures its rate, and a later step that
 //!   would not fit at that rate is populated only as far as fits (a step that overruns anyway
 //!   is cut at the budget). That server is then measured at the size it reached, under that
 //!   size's name, and a note says so: a figure is never extrapolated to a size not populated.
@@ -62,10 +64,20 @@
 //! - `auth-cost`: the manifest GET at c=16 (`--smoke`: 4) against Berth with `--auth none`,
 //!   `basic` and `token` (a signed-in user; the token fetched once, as clients do), Berth only:
 //!   what authentication costs per request.
+//!
+//! Where Berth keeps its data: by default SQLite and files in its data directory, like the
+//! peer's files. `--berth-database postgres://…` gives every Berth server a PostgreSQL database
+//! of its own (created in that cluster, dropped afterwards); `--berth-storage s3://BUCKET/PREFIX`
+//! puts its blobs in S3, each server under a prefix of its own, on the endpoint `--s3-endpoint`
+//! or the `AWS_*` variables name, or, with `--moto`, on a moto S3 server started for each Berth
+//! server (and stopped with it). The peer always stores on its file system. E.g. the issue's
+//! closing figures: `berth-bench --berth-database postgres://berth:berth@127.0.0.1/berth
+//! --berth-storage s3://bench/registry --moto --only blob-put --only blob-put-chunked --only
+//! blob-get --only scale`. `auth-cost` and `client`'s extra servers stay on the defaults.
 
 use anyhow::{bail, Context as _, Result};
 use berth_conformance::images;
-use berth_conformance::servers::{free_port, sibling_bin, Kind, Server};
+use berth_conformance::servers::{free_port, sibling_bin, Kind, Moto, PgDatabase, Server};
 use bytes::Bytes;
 use clap::Parser;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -78,9 +90,10 @@ use std::time::{Duration, Instant};
 
 /// Every workload `--only` accepts; the aliases (`blob-put`, `blob-get`, `manifest-get`) pick
 /// one case of the workload they were folded into.
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 11] = [
     "blob-push",
     "blob-put",
+    "blob-put-chunked",
     "blob-pull",
     "blob-get",
     "small-requests",
@@ -100,8 +113,8 @@ struct Cli {
     /// Tiny sizes: finishes in seconds, so CI can keep the harness from rotting.
     #[arg(long)]
     smoke: bool,
-    /// Run only these workloads (repeatable): blob-push (or its case blob-put), blob-pull (or
-    /// blob-get), small-requests (or manifest-get), scale, client, node, auth-cost.
+    /// Run only these workloads (repeatable): blob-push (or its cases blob-put,
+    /// blob-put-chunked), blob-pull (or blob-get), small-requests (or manifest-get), scale, client, node, auth-cost.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Runs per workload and server; the median is reported.
@@ -113,6 +126,69 @@ struct Cli {
     /// Do not drop the page cache before timed uploads.
     #[arg(long)]
     keep_caches: bool,
+    /// Berth's metadata in PostgreSQL: the URL of a database whose role may create databases
+    /// (e.g. postgres://berth:berth@127.0.0.1:5432/berth); each Berth server gets a database of
+    /// its own there, dropped afterwards [default: SQLite in its data directory].
+    #[arg(long, value_name = "URL")]
+    berth_database: Option<String>,
+    /// Berth's blobs: s3://BUCKET/PREFIX (each server under PREFIX/<its name>) or file:///PATH
+    /// [default: files in its data directory].
+    #[arg(long, value_name = "URL")]
+    berth_storage: Option<String>,
+    /// S3 endpoint for --berth-storage s3://… (e.g. http://127.0.0.1:9000; path-style requests)
+    /// [default: AWS_ENDPOINT, else AWS itself].
+    #[arg(long, value_name = "URL", conflicts_with = "moto")]
+    s3_endpoint: Option<String>,
+    /// Start a moto S3 server (moto_server, PyPI moto[server]) for each Berth server, with
+    /// --berth-storage's bucket in it.
+    #[arg(long)]
+    moto: bool,
+    /// Seconds each server of `scale` may spend populating.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    populate_budget: u64,
+}
+
+impl Cli {
+    /// What Berth runs on, for the notes and the JSON.
+    fn berth_setup(&self) -> String {
+        let db = match &self.berth_database {
+            Some(_) => "PostgreSQL (a database per server)".to_owned(),
+            None => "SQLite".to_owned(),
+        };
+        let blobs = match (&self.berth_storage, self.moto, &self.s3_endpoint) {
+            (None, ..) => "files".to_owned(),
+            (Some(u), true, _) => format!("{u} on moto_server (one per server, 127.0.0.1)"),
+            (Some(u), false, Some(e)) => format!("{u} at {e}"),
+            (Some(u), false, None) => u.clone(),
+        };
+        format!("metadata in {db}, blobs in {blobs}")
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Some(s) = &self.berth_storage {
+            anyhow::ensure!(
+                s.starts_with("s3://") || s.starts_with("file:///"),
+                "--berth-storage takes s3://BUCKET/PREFIX or file:///PATH, not {s:?}"
+            );
+            anyhow::ensure!(
+                !self.moto || s.starts_with("s3://"),
+                "--moto needs --berth-storage s3://BUCKET/PREFIX"
+            );
+        } else {
+            anyhow::ensure!(
+                !self.moto && self.s3_endpoint.is_none(),
+                "--moto and --s3-endpoint need --berth-storage s3://BUCKET/PREFIX"
+            );
+        }
+        if let Some(d) = &self.berth_database {
+            anyhow::ensure!(
+                d.starts_with("postgres://") || d.starts_with("postgresql://"),
+                "--berth-database takes a postgres:// URL (SQLite is the default)"
+            );
+        }
+        anyhow::ensure!(self.populate_budget > 0, "--populate-budget must be at least 1");
+        Ok(())
+    }
 }
 
 /// Index of Berth's samples in [`Figure::samples`] (and of Berth in a server pair).
@@ -198,16 +274,75 @@ fn who(server: &Server) -> &'static str {
 }
 
 /// Berth and the reference registry, started over new directories `dir/NAME-…`, as
-/// `[berth, peer]`.
-fn start_pair(dir: &Path, name: &str) -> Result<[Server; 2]> {
-    Ok([
-        Server::berth(
-            &sibling_bin("berth-registry")?,
-            &dir.join(format!("{name}-berth")),
-            free_port()?,
-        )?,
-        Server::reference(&dir.join(format!("{name}-reference")), free_port()?)?,
-    ])
+/// `[berth, peer]`; Berth on the database and storage the command line names.
+fn start_pair(cli: &Cli, dir: &Path, name: &str) -> Result<[Server; 2]> {
+    let berth = start_berth(cli, &dir.join(format!("{name}-berth")))?;
+    let peer = Server::reference(&dir.join(format!("{name}-reference")), free_port()?)?;
+    Ok([berth, peer])
+}
+
+/// Starts Berth over `data` as `--berth-database`, `--berth-storage`, `--s3-endpoint` and
+/// `--moto` say; its database and moto server end with it.
+fn start_berth(cli: &Cli, data: &Path) -> Result<Server> {
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = data
+        .file_name()
+        .map_or_else(|| "berth".to_owned(), |n| n.to_string_lossy().into_owned());
+    std::fs::create_dir_all(data)?;
+    let mut args: Vec<String> = Vec::new();
+    let db = match &cli.berth_database {
+        Some(admin) => Some(PgDatabase::create(admin, "bench")?),
+        None => None,
+    };
+    if let Some(db) = &db {
+        args.extend(["--database".to_owned(), db.url.clone()]);
+    }
+    let mut moto = None;
+    if let Some(url) = &cli.berth_storage {
+        let mut config = String::new();
+        let storage = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            anyhow::ensure!(!bucket.is_empty(), "{url:?} names no bucket");
+            let own = format!("{name}-{serial}");
+            let prefix = [prefix.trim_matches('/'), own.as_str()]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("/");
+            if cli.moto {
+                let m = Moto::start(data, bucket)?;
+                config = format!(
+                    "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n\
+                     access_key_id = \"bench\"\nsecret_access_key = \"bench\"\n",
+                    m.endpoint
+                );
+                moto = Some(m);
+            } else if let Some(e) = &cli.s3_endpoint {
+                config = format!("[s3]\nendpoint = \"{e}\"\npath_style = true\n");
+            }
+            format!("s3://{bucket}/{prefix}")
+        } else {
+            format!("{}/{name}-{serial}", url.trim_end_matches('/'))
+        };
+        args.extend(["--storage".to_owned(), storage]);
+        if !config.is_empty() {
+            let file = data.join("bench-config.toml");
+            std::fs::write(&file, config)?;
+            args.extend(["--config".to_owned(), file.display().to_string()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::berth_on(&sibling_bin("berth-registry")?, data, "127.0.0.1", free_port()?, &args)?;
+    // Dropped after the server's process: the database is no longer in use then.
+    if let Some(db) = db {
+        server.attach(db);
+    }
+    if let Some(m) = moto {
+        server.attach(m);
+    }
+    Ok(server)
 }
 
 /// Stops both servers and deletes their data (their logs stay beside it).
@@ -527,8 +662,30 @@ fn blob_levels(size: usize) -> Vec<usize> {
     }
 }
 
-/// `blob-push`; with `only_put`, the one case `blob-put` names (largest, monolithic, c=1).
-async fn blob_push(cli: &Cli, dir: &Path, only_put: bool) -> Result<Vec<Figure>> {
+/// Which `blob-push` cases to run: all of them, or some of the largest size from one client.
+#[derive(Clone, Copy)]
+struct PushCases {
+    all: bool,
+    /// `blob-put`: monolithic.
+    put: bool,
+    /// `blob-put-chunked`: chunked.
+    put_chunked: bool,
+}
+
+impl PushCases {
+    fn wants(self, size: usize, largest: usize, mode: Mode, c: usize) -> bool {
+        self.all
+            || (size == largest
+                && c == 1
+                && match mode {
+                    Mode::Monolithic => self.put,
+                    Mode::Chunked(_) => self.put_chunked,
+                })
+    }
+}
+
+/// `blob-push`, or the cases of it `cases` names.
+async fn blob_push(cli: &Cli, dir: &Path, cases: PushCases) -> Result<Vec<Figure>> {
     let sizes = blob_sizes(cli.smoke);
     let largest = sizes.iter().copied().max().unwrap_or_default();
     let chunk = if cli.smoke { 256 << 10 } else { 8 << 20 };
@@ -537,13 +694,13 @@ async fn blob_push(cli: &Cli, dir: &Path, only_put: bool) -> Result<Vec<Figure>>
         .build()?;
     let mut figs = Vec::new();
     for size in sizes {
-        if only_put && size != largest {
+        if !cases.all && size != largest {
             continue;
         }
         let source = Source::new(size, 42);
         for mode in [Mode::Monolithic, Mode::Chunked(chunk)] {
             for c in blob_levels(size) {
-                if only_put && (mode != Mode::Monolithic || c != 1) {
+                if !cases.wants(size, largest, mode, c) {
                     continue;
                 }
                 let name = format!("blob push {} {} c={c}", size_label(size), mode.label());
@@ -551,7 +708,7 @@ async fn blob_push(cli: &Cli, dir: &Path, only_put: bool) -> Result<Vec<Figure>>
                 let mut rate = Figure::new(format!("{name} (MB/s)"), "MB/s", false);
                 let mut rss = Figure::new(format!("{name} peak RSS (MiB)"), "MiB", true);
                 for run in 0..cli.runs {
-                    let pair = start_pair(dir, "push")?;
+                    let pair = start_pair(cli, dir, "push")?;
                     for i in order(run) {
                         let blobs: Vec<Blob> = (0..c).map(|_| source.fresh()).collect();
                         let (secs, peak, _) = put_once(&client, &pair[i], &blobs, mode, cli.keep_caches).await?;
@@ -981,9 +1138,6 @@ async fn small_requests(cli: &Cli, pair: &[Server; 2], only_manifest_get: bool) 
 
 /// Requests kept in flight while `scale` populates a registry.
 const POPULATE_IN_FLIGHT: usize = 32;
-/// Populating time each server gets in `scale` (outside `--smoke` it is the bound that keeps
-/// the workload to a few minutes).
-const POPULATE_BUDGET: Duration = Duration::from_secs(180);
 /// The repository `scale` pushes its image to first, mounts blobs from, and grows tags on.
 const SCALE_BASE: &str = "scale/r00000";
 /// Bound on the pages a listing walk follows (100k tags are 100 pages of 1000).
@@ -1031,11 +1185,14 @@ struct Populated<'a> {
     secs: f64,
     /// Why populating stopped short, once it has.
     stopped: Option<String>,
+    /// Populating time it gets in all (`--populate-budget`, outside `--smoke` the bound that
+    /// keeps the workload to a few minutes).
+    budget: Duration,
 }
 
 impl Populated<'_> {
     /// Grows the registry towards `repos` repositories and `tags` tags on [`SCALE_BASE`], within
-    /// [`POPULATE_BUDGET`] of populating in all. When the rate so far says the step would not
+    /// its `budget` of populating in all. When the rate so far says the step would not
     /// fit, only the part that fits is populated (repositories first); when the budget runs out
     /// anyway, it stops where it is. Either way it says so in `notes` and populates no further.
     /// Returns the seconds it took, when it populated all it was asked.
@@ -1055,7 +1212,7 @@ impl Populated<'_> {
             .map(Job::Repo)
             .chain((self.tags..tags).map(Job::Tag))
             .collect();
-        let budget = POPULATE_BUDGET.as_secs_f64();
+        let budget = self.budget.as_secs_f64();
         let mut short = None;
         if self.requests > 0 {
             let rate = self.requests as f64 / self.secs;
@@ -1079,7 +1236,7 @@ impl Populated<'_> {
         }
         let requests: u64 = jobs.iter().map(|j| j.requests()).sum();
         settle(true)?;
-        let deadline = Instant::now() + POPULATE_BUDGET.saturating_sub(Duration::from_secs_f64(self.secs));
+        let deadline = Instant::now() + self.budget.saturating_sub(Duration::from_secs_f64(self.secs));
         let (server, img) = (self.server, &self.img);
         let started = Instant::now();
         let done: Vec<Option<Job>> = futures::stream::iter(jobs)
@@ -1125,6 +1282,8 @@ impl Populated<'_> {
 /// A listing read page by page.
 struct Walk {
     secs: f64,
+    /// Each page's time, in order.
+    page_secs: Vec<f64>,
     items: usize,
     pages: usize,
     /// The last page read still pointed to a next one.
@@ -1142,9 +1301,11 @@ fn next_link(value: &str) -> Option<&str> {
 async fn walk(client: &reqwest::Client, server: &Server, url: String, key: &str, max_pages: usize) -> Result<Walk> {
     let started = Instant::now();
     let mut bodies = Vec::new();
+    let mut page_secs = Vec::new();
     let mut next = Some(url);
     while bodies.len() < max_pages {
         let Some(url) = next.take() else { break };
+        let page_started = Instant::now();
         let r = expect_status(client.get(&url).send().await?, StatusCode::OK, server, "GET").await?;
         next = r
             .headers()
@@ -1153,6 +1314,7 @@ async fn walk(client: &reqwest::Client, server: &Server, url: String, key: &str,
             .and_then(next_link)
             .map(|l| absolute(&server.url(), l));
         bodies.push(r.bytes().await?);
+        page_secs.push(page_started.elapsed().as_secs_f64());
     }
     let secs = started.elapsed().as_secs_f64();
     let mut items = 0;
@@ -1162,6 +1324,7 @@ async fn walk(client: &reqwest::Client, server: &Server, url: String, key: &str,
     }
     Ok(Walk {
         secs,
+        page_secs,
         items,
         pages: bodies.len(),
         more: next.is_some(),
@@ -1215,7 +1378,7 @@ async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
         catalog,
         max_pages,
     });
-    let pair = start_pair(dir, "scale")?;
+    let pair = start_pair(cli, dir, "scale")?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(POPULATE_IN_FLIGHT)
         .build()?;
@@ -1229,10 +1392,12 @@ async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
             requests: 0,
             secs: 0.0,
             stopped: None,
+            budget: Duration::from_secs(cli.populate_budget),
         });
     }
     let mut populate = Vec::new();
     let mut listings = Vec::new();
+    let mut pages = Vec::new();
     let mut growths = Vec::new();
     let mut notes = Vec::new();
     // Per series and side: each size measured, with its figure's index in `listings`.
@@ -1273,6 +1438,15 @@ async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
                     let f = figure_index(&mut listings, name, "ms", true);
                     let w = walk(&client, &pair[i], format!("{}{url}", pair[i].url()), key, ser.max_pages).await?;
                     listings[f].add(i, w.secs * 1000.0);
+                    if ser.max_pages > 1 {
+                        let name = format!(
+                            "scale {} @{} {unit}, median page of the full walk (ms)",
+                            ser.what,
+                            count_label(size)
+                        );
+                        let p = figure_index(&mut pages, name, "ms", true);
+                        pages[p].add(i, median(&w.page_secs) * 1000.0);
+                    }
                     if run == 0 {
                         points[s][i].push((size, f));
                         returned.push(format!(
@@ -1334,7 +1508,15 @@ async fn scale(cli: &Cli, dir: &Path) -> Result<(Vec<Figure>, Vec<String>)> {
     }
     drop(sides);
     discard(pair);
-    Ok((populate.into_iter().chain(listings).chain(growths).collect(), notes))
+    Ok((
+        populate
+            .into_iter()
+            .chain(listings)
+            .chain(pages)
+            .chain(growths)
+            .collect(),
+        notes,
+    ))
 }
 
 /// Runs `cmd` (stdin closed), which must succeed; answers its standard output.
@@ -1754,6 +1936,7 @@ fn to_json(figs: &[Figure], notes: &[String], auth: &[serde_json::Value], cli: &
         "smoke": cli.smoke,
         "runs": cli.runs,
         "peer": "docker-registry (distribution 2.8, Debian)",
+        "berth_setup": cli.berth_setup(),
         "page_cache_dropped": !cli.keep_caches,
         "figures": figs.iter().map(|f| serde_json::json!({
             "name": f.name,
@@ -1788,13 +1971,20 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    cli.check()?;
     let want = |w: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == w);
     let dir = tempfile::Builder::new().prefix("berth-bench").tempdir()?;
-    let pair = start_pair(dir.path(), "shared")?;
+    let pair = start_pair(&cli, dir.path(), "shared")?;
     let mut figs = Vec::new();
     let mut notes = Vec::new();
-    if want("blob-push") || want("blob-put") {
-        figs.extend(blob_push(&cli, dir.path(), !want("blob-push")).await?);
+    notes.push(format!("berth: {}; peer: files", cli.berth_setup()));
+    if want("blob-push") || want("blob-put") || want("blob-put-chunked") {
+        let cases = PushCases {
+            all: want("blob-push"),
+            put: want("blob-put"),
+            put_chunked: want("blob-put-chunked"),
+        };
+        figs.extend(blob_push(&cli, dir.path(), cases).await?);
         let dropped = settle(cli.keep_caches)?;
         notes.push(format!(
             "blob-push: page cache {} before each timed upload",
