@@ -119,7 +119,7 @@ async fn manifest_unknown(ctx: &Ctx) -> Result<()> {
 
 /// A blob request, following up to three redirects. Returns the final reply and the
 /// `Docker-Content-Digest` of whichever hop sent one.
-async fn fetch_blob(
+pub(crate) async fn fetch_blob(
     ctx: &Ctx,
     method: Method,
     digest: &Digest,

@@ -73,13 +73,10 @@ async fn expect_blob_created(ctx: &Ctx, reply: &Reply, blob: &Blob) -> Result<()
     Ok(())
 }
 
-/// After a blob push by another path than the monolithic one: `GET` it back byte for byte.
+/// After a blob push by another path than the monolithic one: `GET` it back byte for byte
+/// (following a redirect to object storage, as clients do).
 async fn expect_blob_content(ctx: &Ctx, blob: &Blob) -> Result<()> {
-    let get = ctx
-        .reg
-        .call(Method::GET, &Ctx::path(&ctx.repo, &format!("blobs/{}", blob.digest)))
-        .send()
-        .await?;
+    let (get, _) = crate::pull::fetch_blob(ctx, Method::GET, &blob.digest, None).await?;
     get.expect_status(200)?;
     get.expect_body(&blob.bytes)?;
     Ok(())
