@@ -773,13 +773,22 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> BoxStream<'static, std
         }
         while remaining > 0 {
             let n = remaining.min(READ_CHUNK as u64) as usize;
-            let mut buf = vec![0u8; n];
-            match file.read_exact(&mut buf) {
-                Ok(()) => {
+            // `read_to_end` fills the spare capacity without zeroing it first: one copy
+            // from the page cache per byte, nothing more.
+            let mut buf = Vec::with_capacity(n);
+            match (&mut file).take(n as u64).read_to_end(&mut buf) {
+                Ok(got) if got == n => {
                     remaining -= n as u64;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }
+                }
+                Ok(got) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("blob file ended {} bytes early", remaining - got as u64),
+                    )));
+                    return;
                 }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
