@@ -129,37 +129,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// S3 settings. Every value is optional: unset ones come from `AWS_ENDPOINT`, `AWS_REGION`,
-/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (or the instance's role),
-/// as AWS tools do. Prefer the environment for the secret.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Config {
-    /// Endpoint of an S3-compatible server, e.g. `http://minio:9000` (`http://` allowed).
-    pub endpoint: Option<String>,
-    /// Region, e.g. `us-east-1`.
-    pub region: Option<String>,
-    /// Access key id.
-    pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<String>,
-    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), which most S3-compatible servers need;
-    /// `false` for virtual-hosted style (`BUCKET.ENDPOINT/KEY`).
-    pub path_style: Option<bool>,
-}
-
-impl S3Config {
-    /// The storage crate's options.
-    pub fn options(&self) -> berth_storage::blob::S3Options {
-        berth_storage::blob::S3Options {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
-            path_style: self.path_style,
-        }
-    }
-}
+/// S3 settings (`[s3]`): the storage crate's options, read straight from the file. Every value
+/// is optional: unset ones come from `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (or the instance's role), as AWS tools do.
+/// Prefer the environment for the secret.
+pub type S3Config = berth_storage::blob::S3Options;
 
 /// Blob downloads straight from the object store.
 ///
@@ -188,73 +162,18 @@ impl Default for RedirectConfig {
     }
 }
 
-/// Google Cloud Storage settings. Unset values come from `GOOGLE_SERVICE_ACCOUNT`,
-/// `GOOGLE_SERVICE_ACCOUNT_KEY`, `GOOGLE_APPLICATION_CREDENTIALS` or gcloud's application default
-/// credentials; with none of them the registry refuses to start unless `instance_credentials`
-/// says to use the GCE/GKE metadata server.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GcsConfig {
-    /// Path of a service account's JSON key file.
-    pub service_account_path: Option<String>,
-    /// A service account's JSON key (prefer a file or the environment for it).
-    pub service_account_key: Option<String>,
-    /// Path of an application default credentials file.
-    pub application_credentials: Option<String>,
-    /// Use the instance's (GCE) or workload's (GKE) service account.
-    pub instance_credentials: bool,
-}
+/// Google Cloud Storage settings (`[gcs]`), the storage crate's options. Unset values come
+/// from `GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_SERVICE_ACCOUNT_KEY`, `GOOGLE_APPLICATION_CREDENTIALS`
+/// or gcloud's application default credentials; with none of them the registry refuses to
+/// start unless `instance_credentials` says to use the GCE/GKE metadata server.
+pub type GcsConfig = berth_storage::blob::GcsOptions;
 
-impl GcsConfig {
-    fn options(&self) -> berth_storage::blob::GcsOptions {
-        berth_storage::blob::GcsOptions {
-            service_account_path: self.service_account_path.clone(),
-            service_account_key: self.service_account_key.clone(),
-            application_credentials: self.application_credentials.clone(),
-            instance_credentials: self.instance_credentials,
-        }
-    }
-}
-
-/// Azure Blob Storage settings. Unset values come from `AZURE_STORAGE_ACCOUNT_NAME`,
-/// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_KEY`, `AZURE_CLIENT_ID`,
-/// `AZURE_CLIENT_SECRET`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`; with no credentials
-/// the registry refuses to start unless `managed_identity` says to use the VM's or pod's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AzureConfig {
-    /// Storage account name.
-    pub account: Option<String>,
-    /// Storage account access key (prefer the environment for it).
-    pub access_key: Option<String>,
-    /// Shared access signature (its query string).
-    pub sas_token: Option<String>,
-    /// Service principal: client id.
-    pub client_id: Option<String>,
-    /// Service principal: client secret (prefer the environment for it).
-    pub client_secret: Option<String>,
-    /// Service principal: tenant id.
-    pub tenant_id: Option<String>,
-    /// Blob endpoint, for Azurite or sovereign clouds (`http://` allowed).
-    pub endpoint: Option<String>,
-    /// Use the VM's or pod's managed identity.
-    pub managed_identity: bool,
-}
-
-impl AzureConfig {
-    fn options(&self) -> berth_storage::blob::AzureOptions {
-        berth_storage::blob::AzureOptions {
-            account: self.account.clone(),
-            access_key: self.access_key.clone(),
-            sas_token: self.sas_token.clone(),
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
-            tenant_id: self.tenant_id.clone(),
-            endpoint: self.endpoint.clone(),
-            managed_identity: self.managed_identity,
-        }
-    }
-}
+/// Azure Blob Storage settings (`[azure]`), the storage crate's options. Unset values come
+/// from `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_KEY`,
+/// `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`;
+/// with no credentials the registry refuses to start unless `managed_identity` says to use
+/// the VM's or pod's.
+pub type AzureConfig = berth_storage::blob::AzureOptions;
 
 /// How clients prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -457,9 +376,9 @@ impl Config {
     /// What the storage backends need to be reached.
     pub fn storage_options(&self) -> berth_storage::blob::StorageOptions {
         berth_storage::blob::StorageOptions {
-            s3: self.s3.options(),
-            gcs: self.gcs.options(),
-            azure: self.azure.options(),
+            s3: self.s3.clone(),
+            gcs: self.gcs.clone(),
+            azure: self.azure.clone(),
         }
     }
 
@@ -518,7 +437,7 @@ mod tests {
             toml::from_str("storage = \"s3://b/p\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true")
                 .expect("parse");
         assert_eq!(c.storage_url(), "s3://b/p");
-        assert_eq!(c.s3.options().path_style, Some(true));
+        assert_eq!(c.s3.path_style, Some(true));
         assert!(toml::from_str::<Config>("[s3]\nbucket = \"x\"").is_err());
         let c: Config = toml::from_str(
             "storage = \"az://images/registry\"\n[azure]\naccount = \"acct\"\nmanaged_identity = true\n\

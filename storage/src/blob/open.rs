@@ -50,7 +50,8 @@ pub enum Backend {
 /// Where an S3 store is and how to reach it; unset values come from the usual `AWS_*`
 /// environment variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …) or the instance's role.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct S3Options {
     /// Endpoint URL of an S3-compatible server (`http://` is allowed for it).
     pub endpoint: Option<String>,
@@ -68,7 +69,8 @@ pub struct S3Options {
 /// How to reach Google Cloud Storage; unset values come from `GOOGLE_SERVICE_ACCOUNT`,
 /// `GOOGLE_SERVICE_ACCOUNT_KEY`, `GOOGLE_APPLICATION_CREDENTIALS`, or gcloud's application
 /// default credentials file.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct GcsOptions {
     /// Path of a service account's JSON key file.
     pub service_account_path: Option<String>,
@@ -86,7 +88,8 @@ pub struct GcsOptions {
 /// `AZURE_*` environment variables (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
 /// `AZURE_STORAGE_SAS_KEY`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_TENANT_ID`,
 /// `AZURE_FEDERATED_TOKEN_FILE`, …).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AzureOptions {
     /// Storage account name.
     pub account: Option<String>,
