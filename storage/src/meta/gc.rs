@@ -358,31 +358,42 @@ impl Meta {
 
     /// Whether session `id` exists (in any repository).
     pub async fn upload_exists(&self, id: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.write)
-            .await
-            .map_err(e("looking up an upload session"))?;
-        Ok(found.is_some())
+        self.exists(
+            "SELECT CAST(1 AS BIGINT) FROM uploads WHERE id = $1",
+            id,
+            "looking up an upload session",
+        )
+        .await
     }
 
     /// Whether an open session is being committed as `digest`.
     pub async fn upload_committing(&self, digest: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM uploads WHERE digest = $1 LIMIT 1")
-            .bind(digest)
-            .fetch_optional(&self.write)
-            .await
-            .map_err(e("looking up an upload session"))?;
-        Ok(found.is_some())
+        self.exists(
+            "SELECT CAST(1 AS BIGINT) FROM uploads WHERE digest = $1 LIMIT 1",
+            digest,
+            "looking up an upload session",
+        )
+        .await
     }
 
     /// Whether a blob row exists for `digest`.
     pub async fn blob_recorded(&self, digest: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM blobs WHERE digest = $1")
-            .bind(digest)
+        self.exists(
+            "SELECT CAST(1 AS BIGINT) FROM blobs WHERE digest = $1",
+            digest,
+            "looking up a blob",
+        )
+        .await
+    }
+
+    /// Whether `sql` (one `$1` parameter) finds a row; read on the write pool, so the answer
+    /// reflects every committed write (the collector's re-checks depend on that).
+    async fn exists(&self, sql: &'static str, arg: &str, what: &'static str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(sql)
+            .bind(arg)
             .fetch_optional(&self.write)
             .await
-            .map_err(e("looking up a blob"))?;
+            .map_err(e(what))?;
         Ok(found.is_some())
     }
 
