@@ -69,6 +69,24 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Re-hash every stored blob and check every manifest's references and sizes and every
+    /// tag, one line per problem (torn, missing or wrong-size blob, missing reference,
+    /// dangling tag). Exits 0 when nothing is wrong, 1 when problems were found.
+    Scrub {
+        /// Quarantine damaged blobs (moved to quarantine/, their digest then answers 404 so
+        /// clients push them again). Blobs whose bytes match their digest are never touched.
+        #[arg(long)]
+        repair: bool,
+        /// Only repositories matching this glob (`*` one path segment, `**` any number), and
+        /// the blobs they link.
+        #[arg(long, value_name = "GLOB")]
+        repo: Option<String>,
+        /// One JSON object per problem, and a summary object last, on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +300,16 @@ async fn main() -> std::process::ExitCode {
             upload_expiry,
             store,
         }) => gc(store, dry_run, grace, upload_expiry).await,
+        Some(Cmd::Scrub {
+            repair,
+            repo,
+            json,
+            store,
+        }) => match scrub(store, repair, repo, json).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -391,6 +419,55 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs a scrub; returns whether the store is clean.
+async fn scrub(store: StoreArgs, repair: bool, repo: Option<String>, json: bool) -> anyhow::Result<bool> {
+    use std::io::IsTerminal as _;
+    let config = store.config()?;
+    let (blobs, meta) = berth_registry::open_storage(&config).await?;
+    let filter = repo.map(|g| move |name: &str| berth_registry::auth::rules::glob_match(&g, name));
+    let opts = berth_storage::scrub::ScrubOptions {
+        repair,
+        repos: filter.as_ref().map(|f| f as &(dyn Fn(&str) -> bool + Sync)),
+    };
+    let tty = std::io::stderr().is_terminal() && !json;
+    let report = berth_storage::scrub::scrub(&meta, &blobs, &opts, |p| {
+        if tty {
+            eprint!(
+                "\rscrub: {}/{} blobs, {}/{} MB",
+                p.blobs_done,
+                p.blobs_total,
+                p.bytes_done / 1_000_000,
+                p.bytes_total / 1_000_000
+            );
+        }
+    })
+    .await?;
+    if tty {
+        eprintln!();
+    }
+    for p in &report.problems {
+        if json {
+            println!("{}", p.to_json());
+        } else {
+            println!("{p}");
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "summary": true, "blobs": report.blobs, "bytes": report.bytes,
+                "manifests": report.manifests, "tags": report.tags,
+                "problems": report.problems.len(),
+                "quarantined": report.quarantined.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!("{report}");
+    }
+    Ok(report.problems.is_empty())
 }
 
 async fn gc(

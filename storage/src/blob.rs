@@ -1,12 +1,11 @@
 //! Blob bytes over any [`ObjectStore`].
 //!
-//! Writes are staged as parts under `uploads/` and reach `blobs/` only through [`BlobStore::commit`],
-//! after the caller verified the digest: a rename for a single part (atomic on a file system) or
-//! a multipart completion (atomic on object stores), so a reader never sees a partial blob.
-//!
-//! On a backend with a multipart API (S3, GCS, Azure, memory) uploads use it instead (`mp_*`, driven by
-//! `upload.rs`): the completed upload is copied to the digest's key (server-side up to S3's
-//! 5 GiB copy limit), or a blob smaller than a part is written there in one PUT.
+//! Reads (stat, ranged get, list, presigned URLs) and deletes go through object_store for every
+//! backend. Writes are the upload engines' (`upload/local.rs` for a local directory, which
+//! writes and syncs files itself because object_store's LocalFileSystem never syncs;
+//! `upload/multipart.rs` for object stores, through the `mp_*` calls here): bytes reach
+//! `blobs/` only after the caller verified the digest, by a link on a file system or a
+//! multipart completion or copy on an object store, so a reader never sees a partial blob.
 
 use crate::error::{Error, Result};
 use crate::paths;
@@ -37,11 +36,6 @@ const PART_CONCURRENCY: usize = 2;
 /// a thread hop each; 256 KiB reaches page-cache speed (measured ~2 GB/s, `berth-bench --only
 /// blob-get`) while a download holds at most ~1 MiB in its queue.
 const READ_CHUNK: usize = 256 * 1024;
-/// Bytes handed to the hashing thread at a time: large enough that queueing costs nothing
-/// next to hashing, small enough to keep memory per upload flat.
-pub(crate) const HASH_BATCH: usize = 1024 * 1024;
-/// Batches queued for the hashing thread before receiving waits for it.
-pub(crate) const HASH_QUEUE: usize = 4;
 /// Smallest part a multipart upload takes but for its last (S3's limit): fewer bytes wait in
 /// a staged object until more arrive.
 const MIN_PART: usize = 5 * 1024 * 1024;
@@ -327,6 +321,11 @@ impl BlobStore {
         })
     }
 
+    /// The directory of a local store, where the local upload engine writes.
+    pub(crate) fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     /// Size of the blob if its bytes are present.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
         let key = paths::blob(digest);
@@ -354,6 +353,18 @@ impl BlobStore {
         Ok(BlobRead { size, stream })
     }
 
+    /// Moves the blob's bytes aside to the quarantine (a rename on a file system, a copy and
+    /// delete on object stores); returns where they went.
+    pub async fn quarantine(&self, digest: &Digest) -> Result<Path> {
+        let key = paths::blob(digest);
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let to = paths::quarantine(digest, at);
+        self.store.rename(&key, &to).await.map_err(Error::backend(&key))?;
+        Ok(to)
+    }
+
     /// Removes the blob's bytes. Absent is success.
     pub async fn delete(&self, digest: &Digest) -> Result<()> {
         self.delete_key(&paths::blob(digest)).await
@@ -364,134 +375,6 @@ impl BlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::backend(key)(e)),
         }
-    }
-
-    /// Streams `body` into a new staged part at `key`, feeding every byte to `hasher` on the
-    /// way. Returns the number of bytes written. On any error the part is removed and `hasher`
-    /// must be discarded by the caller.
-    ///
-    /// Hashing runs on its own blocking thread, fed batches of about [`HASH_BATCH`] bytes, so
-    /// that SHA-256 (the one inherently sequential cost of an upload) overlaps with receiving
-    /// the body and writing it out instead of adding to them.
-    pub async fn write_part<S, E>(&self, key: &Path, mut body: S, hasher: &mut Sha256) -> Result<u64>
-    where
-        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
-    {
-        let upload = self.store.put_multipart(key).await.map_err(Error::backend(key))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
-        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
-        let mut h = hasher.clone();
-        let hashing = tokio::task::spawn_blocking(move || {
-            while let Some(batch) = hrx.blocking_recv() {
-                for b in batch {
-                    h.update(&b);
-                }
-            }
-            h
-        });
-        let mut batch = Vec::new();
-        let mut batched = 0usize;
-        let mut received = 0u64;
-        let failure = loop {
-            let chunk = match body.next().await {
-                None => break None,
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    break Some(Error::Body {
-                        received,
-                        message: e.to_string(),
-                    })
-                }
-            };
-            received += chunk.len() as u64;
-            batched += chunk.len();
-            batch.push(chunk.clone());
-            if batched >= HASH_BATCH {
-                batched = 0;
-                if htx.send(std::mem::take(&mut batch)).await.is_err() {
-                    break Some(Error::Corrupt("hashing thread stopped".into()));
-                }
-            }
-            if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
-                break Some(Error::backend(key)(e));
-            }
-            writer.put(chunk);
-        };
-        if failure.is_none() && !batch.is_empty() {
-            let _ = htx.send(batch).await;
-        }
-        drop(htx);
-        let h = hashing
-            .await
-            .map_err(|e| Error::Corrupt(format!("hashing thread failed: {e}")));
-        if let Some(e) = failure {
-            let _ = writer.abort().await;
-            return Err(e);
-        }
-        let h = match h {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = writer.abort().await;
-                return Err(e);
-            }
-        };
-        writer.finish().await.map_err(Error::backend(key))?;
-        *hasher = h;
-        Ok(received)
-    }
-
-    /// Makes the staged `parts` (in order) the blob `digest`. The caller has verified the
-    /// digest. If the blob already exists the parts are dropped: content addressing makes the
-    /// existing bytes identical.
-    pub async fn commit(&self, parts: &[Path], digest: &Digest, size: u64) -> Result<()> {
-        let key = paths::blob(digest);
-        // An existing blob of the wrong size (torn by a crash before its rename reached the
-        // disk) is replaced, not trusted.
-        if self.stat(digest).await? == Some(size) {
-            // Removing a large staged file can take a while; the client need not wait for it.
-            let this = self.clone();
-            let parts = parts.to_vec();
-            tokio::spawn(async move { this.delete_parts(&parts).await });
-            return Ok(());
-        }
-        match parts {
-            [] => {
-                self.store
-                    .put(&key, Bytes::new().into())
-                    .await
-                    .map_err(Error::backend(&key))?;
-            }
-            [one] => {
-                self.store.rename(one, &key).await.map_err(Error::backend(one))?;
-            }
-            many => {
-                // Concatenate into one multipart upload; completed only once all bytes are in.
-                let upload = self.store.put_multipart(&key).await.map_err(Error::backend(&key))?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
-                for part in many {
-                    let mut s = self.read_part(part).await?;
-                    while let Some(chunk) = s.next().await {
-                        match chunk {
-                            Ok(c) => {
-                                writer
-                                    .wait_for_capacity(PART_CONCURRENCY)
-                                    .await
-                                    .map_err(Error::backend(&key))?;
-                                writer.put(c);
-                            }
-                            Err(e) => {
-                                let _ = writer.abort().await;
-                                return Err(Error::backend(part)(e));
-                            }
-                        }
-                    }
-                }
-                writer.finish().await.map_err(Error::backend(&key))?;
-                self.delete_parts(many).await;
-            }
-        }
-        Ok(())
     }
 
     /// Reads a staged part, with large reads for local files (object_store's own stream reads
@@ -805,68 +688,26 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    fn chunks(parts: &[&'static [u8]]) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin + Send {
-        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
-    }
-
     async fn read_all(s: &BlobStore, d: &Digest, r: Option<Range<u64>>) -> Vec<u8> {
         let read = s.get(d, r).await.expect("get");
         let parts: Vec<Bytes> = read.stream.try_collect().await.expect("stream");
         parts.concat()
     }
 
-    /// The suite every backend passes: staged parts become one blob, ranges work, nothing
-    /// is left behind in uploads/.
-    async fn suite(s: BlobStore, raw: Arc<dyn ObjectStore>) {
+    /// The suite every backend passes for reads and deletes (writes are the upload engines',
+    /// tested in `upload.rs`): whole and ranged reads, listing, deleting twice.
+    async fn suite(s: BlobStore, _raw: Arc<dyn ObjectStore>) {
         let data = b"hello, world".to_vec();
         let d = Digest::of(&data);
-        let p1 = paths::upload_part("s1", 0);
-        let p2 = paths::upload_part("s1", 1);
-        let mut h = Sha256::new();
-        assert_eq!(
-            s.write_part(&p1, chunks(&[b"hello", b", "]), &mut h).await.expect("p1"),
-            7
-        );
-        assert_eq!(s.write_part(&p2, chunks(&[b"world"]), &mut h).await.expect("p2"), 5);
-        assert_eq!(Digest::from_sha256(&h.finalize()), d);
-        assert_eq!(
-            Digest::from_sha256(&s.rehash(&[p1.clone(), p2.clone()]).await.expect("rehash").finalize()),
-            d
-        );
         assert_eq!(s.stat(&d).await.expect("stat"), None);
-        s.check_parts(&[(p1.clone(), 7), (p2.clone(), 5)])
-            .await
-            .expect("parts intact");
-        assert!(
-            s.check_parts(&[(p1.clone(), 8)]).await.is_err(),
-            "a short part is noticed"
-        );
-        s.commit(&[p1, p2], &d, 12).await.expect("commit");
+        s.put_blob(&d, Bytes::from(data.clone())).await.expect("put");
         assert_eq!(s.stat(&d).await.expect("stat"), Some(12));
         assert_eq!(read_all(&s, &d, None).await, data);
         assert_eq!(read_all(&s, &d, Some(7..12)).await, b"world");
-        // Committing the same content again is success and drops the new part.
-        let p3 = paths::upload_part("s2", 0);
-        let mut h = Sha256::new();
-        s.write_part(&p3, chunks(&[b"hello, world"]), &mut h).await.expect("p3");
-        s.commit(&[p3], &d, 12).await.expect("recommit");
-        // The empty blob.
-        s.commit(&[], &Digest::empty(), 0).await.expect("empty");
+        assert_eq!(s.list_blobs().await.expect("list"), vec![(d.clone(), 12)]);
+        s.put_blob(&Digest::empty(), Bytes::new()).await.expect("empty");
         assert_eq!(s.stat(&Digest::empty()).await.expect("stat"), Some(0));
-        // The duplicate's part is removed in the background: give it a moment.
-        let mut left: Vec<_> = Vec::new();
-        for _ in 0..100 {
-            left = raw
-                .list(Some(&Path::from("uploads")))
-                .try_collect()
-                .await
-                .expect("list");
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(left.is_empty(), "staged parts left behind: {left:?}");
+        assert_eq!(read_all(&s, &Digest::empty(), None).await, b"");
         s.delete(&d).await.expect("delete");
         s.delete(&d).await.expect("delete twice");
         assert_eq!(s.stat(&d).await.expect("stat"), None);

@@ -8,7 +8,6 @@ use crate::Error;
 use berth_oci::{manifest, Digest};
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::memory::InMemory;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -53,7 +52,7 @@ async fn envs_of(stores: &[Store]) -> Vec<Env> {
                     let dir = tempfile::tempdir().expect("tempdir");
                     (BlobStore::local(dir.path()).expect("local store"), Some(dir), "local")
                 }
-                Store::Memory => (BlobStore::new(Arc::new(InMemory::new())), None, "memory"),
+                Store::Memory => (BlobStore::memory(), None, "memory"),
                 Store::Multipart => (BlobStore::memory().with_part_sizes(4, 8), None, "multipart"),
                 Store::S3 => match crate::testing::fresh_s3() {
                     Some((url, opts)) => (BlobStore::open(&url, &opts).expect("s3 store"), None, "s3"),

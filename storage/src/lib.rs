@@ -27,11 +27,14 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+mod durable;
 mod error;
 pub mod gc;
+pub mod hash;
 pub mod hashstate;
 pub mod meta;
 pub mod paths;
+pub mod scrub;
 #[doc(hidden)]
 pub mod testing;
 pub mod upload;

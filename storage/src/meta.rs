@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod auth;
 mod gc;
+mod scrub;
 pub use auth::LoginFailures;
 pub use gc::{GcBlob, GcGraph, GcLink, GcManifest};
 
@@ -231,8 +232,10 @@ impl Meta {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of(url)?;
         // SQLite settings for every new connection: the writer turns on WAL (so readers run
-        // beside it) with NORMAL sync (consistent, durable at checkpoints); all wait when
-        // busy instead of failing at once.
+        // beside it) with FULL sync (every commit is synced to the WAL before it returns: a
+        // 2xx means the row survives a power cut; NORMAL would only promise consistency); all
+        // wait when busy instead of failing at once. PostgreSQL's defaults (fsync on,
+        // synchronous_commit on) already make a commit durable.
         let open = |max: u32, url: String, pragmas: &'static str| async move {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -254,7 +257,7 @@ impl Meta {
                 open(
                     1,
                     sqlite_url(url, "rwc"),
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;",
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
                 )
                 .await?
             }

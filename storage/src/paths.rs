@@ -3,8 +3,12 @@
 //! ```text
 //! <root>/
 //!   blobs/sha256/<hex[0..2]>/<hex>      committed blob bytes, named by their digest
-//!   uploads/<session uuid>/<n>-<uuid>   staged parts of an open upload session, in order n
-//!   uploads/<session uuid>/data         what a session's multipart upload writes (object stores)
+//!   quarantine/sha256/<hex>.<unix s>    bytes scrub found damaged, moved aside for inspection
+//!   uploads/<session uuid>/data         an open session's bytes: its staging file (local
+//!                                       directory) or what its multipart upload writes
+//!   uploads/<session uuid>/<n>-<uuid>   staged objects of a multipart session waiting to
+//!                                       make a part (object stores), in order n; on local
+//!                                       stores, chunks of sessions an older Berth staged
 //! ```
 //!
 //! Blobs are global (one copy whatever the number of repositories linking them); the two-hex fan
@@ -33,9 +37,16 @@ pub fn upload_part(session: &str, n: usize) -> Path {
     Path::from(format!("uploads/{session}/{n:06}-{}", uuid::Uuid::new_v4().simple()))
 }
 
-/// Key a session's multipart upload writes, before it is copied to its digest's key.
-pub fn upload_multipart(session: &str) -> Path {
+/// Key of a session's bytes before they become a blob: the local staging file, or what the
+/// session's multipart upload writes.
+pub fn upload_data(session: &str) -> Path {
     Path::from(format!("uploads/{session}/data"))
+}
+
+/// Where scrub moves a damaged blob's bytes (`at`: unix seconds, so repeated quarantines of
+/// one digest keep every copy for inspection).
+pub fn quarantine(digest: &Digest, at: u64) -> Path {
+    Path::from(format!("quarantine/{}/{}.{at}", digest.algorithm(), digest.hex()))
 }
 
 /// Prefix of every committed blob.

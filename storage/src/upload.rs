@@ -24,16 +24,19 @@
 //! never makes one, and is written in one PUT. Finishing completes the upload and copies it to
 //! the digest's key.
 
-use crate::blob::{BlobStore, HASH_BATCH, HASH_QUEUE};
+use crate::blob::BlobStore;
 use crate::error::{Error, Result};
+use crate::hash::Budget;
 use crate::hashstate;
-use crate::meta::{Meta, Multipart, MultipartPart, Part, UploadRow};
+use crate::meta::{Meta, UploadRow};
 use crate::paths;
 use berth_oci::Digest;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use object_store::path::Path;
 use sha2::{Digest as _, Sha256};
+
+mod local;
+mod multipart;
 
 /// What a client learns about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +61,37 @@ pub struct ChunkCheck {
 pub struct Uploads {
     blobs: BlobStore,
     meta: Meta,
+    /// Bytes all uploads may hold in memory at once.
+    budget: Budget,
+}
+
+/// Where a store's uploads stage their bytes.
+enum Engine {
+    /// One file per session in the store's directory ([`local`]).
+    Local(std::path::PathBuf),
+    /// The backend's multipart API ([`multipart`]).
+    Multipart,
 }
 
 impl Uploads {
-    /// Sessions stored in `blobs` (bytes) and `meta` (state).
+    /// Sessions stored in `blobs` (bytes) and `meta` (state), with the default memory budget.
     pub fn new(blobs: BlobStore, meta: Meta) -> Self {
-        Uploads { blobs, meta }
+        Uploads {
+            blobs,
+            meta,
+            budget: Budget::default(),
+        }
+    }
+
+    /// The same, holding at most `budget`'s bytes in memory across all uploads.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The memory budget uploads share.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Opens a session for `repo`.
@@ -82,8 +110,8 @@ impl Uploads {
         })
     }
 
-    /// The hasher for everything received so far: from the saved state, or by re-reading the
-    /// parts when the state is missing or of an unknown format.
+    /// The hasher for everything a multipart session received so far: from the saved state,
+    /// or by re-reading the staged objects when the state is missing or of an unknown format.
     async fn hasher(&self, row: &UploadRow) -> Result<Sha256> {
         let uploaded = row.multipart.as_ref().is_some_and(|m| !m.parts.is_empty());
         if row.parts.is_empty() && !uploaded {
@@ -95,7 +123,7 @@ impl Uploads {
         if uploaded {
             // The parts of an unfinished multipart upload cannot be read back.
             return Err(Error::UploadDamaged {
-                key: paths::upload_multipart(&row.id).to_string(),
+                key: paths::upload_data(&row.id).to_string(),
                 expected: row.size,
                 actual: 0,
             });
@@ -104,58 +132,17 @@ impl Uploads {
         self.blobs.rehash(&part_keys(row)).await
     }
 
-    async fn append_row<S, E>(&self, row: UploadRow, check: ChunkCheck, body: S) -> Result<(UploadRow, Sha256)>
-    where
-        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
-    {
+    /// The engine a store's uploads run on: its local directory, or its multipart API.
+    fn engine(&self) -> Result<Engine> {
+        if let Some(root) = self.blobs.local_root() {
+            return Ok(Engine::Local(root.to_path_buf()));
+        }
         if self.blobs.multipart_enabled() {
-            return self.append_multipart(row, check, body).await;
+            return Ok(Engine::Multipart);
         }
-        if let Some(start) = check.start {
-            if start != row.size {
-                return Err(Error::OutOfOrder {
-                    offset: row.size,
-                    start,
-                });
-            }
-        }
-        let mut hasher = self.hasher(&row).await?;
-        let key = paths::upload_part(&row.id, row.parts.len());
-        let written = self.blobs.write_part(&key, body, &mut hasher).await.inspect_err(|_| {
-            // write_part removed what it staged; the session is unchanged.
-        })?;
-        if let Some(declared) = check.len {
-            if declared != written {
-                self.blobs.delete_parts(std::slice::from_ref(&key)).await;
-                return Err(Error::SizeMismatch {
-                    declared,
-                    received: written,
-                });
-            }
-        }
-        if written == 0 {
-            self.blobs.delete_parts(std::slice::from_ref(&key)).await;
-            return Ok((row, hasher));
-        }
-        let old_size = row.size;
-        let mut new = row;
-        new.size += written;
-        new.parts.push(Part {
-            key: key.to_string(),
-            size: written,
-        });
-        new.hash_state = Some(hashstate::save(&hasher));
-        if !self.meta.advance_upload(&new.id, old_size, &new).await? {
-            // Another chunk landed first at this offset.
-            self.blobs.delete_parts(std::slice::from_ref(&key)).await;
-            let current = self.meta.get_upload(&new.repo, &new.id).await?;
-            return Err(Error::OutOfOrder {
-                offset: current.size,
-                start: old_size,
-            });
-        }
-        Ok((new, hasher))
+        Err(Error::Config(
+            "this blob store takes no uploads: it is neither a local directory nor has a multipart API".into(),
+        ))
     }
 
     /// Appends one chunk to the session.
@@ -164,8 +151,13 @@ impl Uploads {
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let row = self.meta.get_upload(repo, id).await?;
-        let (row, _) = self.append_row(row, check, body).await?;
+        let (row, _) = match self.engine()? {
+            Engine::Local(root) => self.append_local(root, repo, id, check, body).await?,
+            Engine::Multipart => {
+                let row = self.meta.get_upload(repo, id).await?;
+                self.append_multipart(row, check, body).await?
+            }
+        };
         Ok(Upload {
             id: row.id,
             size: row.size,
@@ -175,6 +167,9 @@ impl Uploads {
     /// Appends the final chunk (if any), verifies `digest` and commits the blob into `repo`.
     /// Returns the blob's size. On a digest mismatch the session stays open and unchanged
     /// apart from the final chunk, so nothing already sent is lost.
+    ///
+    /// Bytes before rows: when this returns, the blob's bytes are durable under its digest's
+    /// key and the row linking it into `repo` is committed.
     pub async fn finish<S, E>(
         &self,
         repo: &str,
@@ -187,10 +182,20 @@ impl Uploads {
         S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: std::fmt::Display,
     {
-        let row = self.meta.get_upload(repo, id).await?;
-        let (row, hasher) = match body {
-            Some(body) => self.append_row(row, check, body).await?,
-            None => {
+        let engine = self.engine()?;
+        let (row, hasher) = match (&engine, body) {
+            (Engine::Local(root), Some(body)) => self.append_local(root.clone(), repo, id, check, body).await?,
+            (Engine::Local(root), None) => {
+                let row = self.meta.get_upload(repo, id).await?;
+                let h = self.hasher_local(root.clone(), &row).await?;
+                (row, h)
+            }
+            (Engine::Multipart, Some(body)) => {
+                let row = self.meta.get_upload(repo, id).await?;
+                self.append_multipart(row, check, body).await?
+            }
+            (Engine::Multipart, None) => {
+                let row = self.meta.get_upload(repo, id).await?;
                 let h = self.hasher(&row).await?;
                 (row, h)
             }
@@ -202,18 +207,27 @@ impl Uploads {
                 actual,
             });
         }
-        let parts: Vec<(Path, u64)> = row.parts.iter().map(|p| (Path::from(p.key.as_str()), p.size)).collect();
-        self.blobs.check_parts(&parts).await?;
-        if self.blobs.multipart_enabled() {
-            self.reserve(repo, &row, digest).await?;
-            self.commit_multipart(&row, digest).await?;
-            self.meta.link_upload(id, repo, digest, row.size).await?;
-            return Ok(row.size);
-        }
         self.reserve(repo, &row, digest).await?;
-        self.blobs.commit(&part_keys(&row), digest, row.size).await?;
-        self.meta.link_upload(id, repo, digest, row.size).await?;
-        self.blobs.remove_upload_dir(id).await;
+        match engine {
+            Engine::Local(root) => {
+                self.commit_local(root, &row, digest).await?;
+                self.meta.link_upload(id, repo, digest, row.size).await?;
+                // The session's staging name goes once the session is closed; the collector
+                // sweeps what a crash leaves.
+                let (blobs, id) = (self.blobs.clone(), id.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = blobs.delete_upload_dir(&id).await {
+                        tracing::warn!(upload = %id, error = %e, "could not remove a finished upload's staging");
+                    }
+                });
+            }
+            Engine::Multipart => {
+                let parts: Vec<(Path, u64)> = row.parts.iter().map(|p| (Path::from(p.key.as_str()), p.size)).collect();
+                self.blobs.check_parts(&parts).await?;
+                self.commit_multipart(&row, digest).await?;
+                self.meta.link_upload(id, repo, digest, row.size).await?;
+            }
+        }
         Ok(row.size)
     }
 
@@ -240,299 +254,6 @@ impl Uploads {
         }
         Ok(())
     }
-
-    /// Multipart counterpart of `append_row`: cuts the received bytes (after any still staged)
-    /// into parts; keeps fewer than a minimum part in a staged object.
-    async fn append_multipart<S, E>(&self, row: UploadRow, check: ChunkCheck, body: S) -> Result<(UploadRow, Sha256)>
-    where
-        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
-    {
-        if let Some(start) = check.start {
-            if start != row.size {
-                return Err(Error::OutOfOrder {
-                    offset: row.size,
-                    start,
-                });
-            }
-        }
-        let hasher = self.hasher(&row).await?;
-        let mut rx = Receiving {
-            multipart: row.multipart.clone(),
-            created: false,
-            new_parts: Vec::new(),
-            buf: BytesMut::new(),
-            merged: false,
-            received: 0,
-        };
-        let mut hashing = HashThread::start(hasher);
-        let outcome = self.receive_multipart(&row, body, &mut rx, &mut hashing).await;
-        let hasher = hashing.finish().await;
-        let outcome = outcome.and_then(|()| {
-            let hasher = hasher?;
-            match check.len {
-                Some(declared) if declared != rx.received => Err(Error::SizeMismatch {
-                    declared,
-                    received: rx.received,
-                }),
-                _ => Ok(hasher),
-            }
-        });
-        let hasher = match outcome {
-            Ok(h) => h,
-            Err(e) => {
-                self.abandon(&rx, None).await;
-                return Err(e);
-            }
-        };
-        if rx.received == 0 {
-            self.abandon(&rx, None).await;
-            return Ok((row, hasher));
-        }
-        let (min_part, _) = self.blobs.part_sizes();
-        // What is left: a part if big enough (possible only once staged bytes were merged in),
-        // else a new staged object.
-        let mut staged = if rx.merged { Vec::new() } else { row.parts.clone() };
-        let mut new_staged = None;
-        if !rx.buf.is_empty() {
-            let rest = std::mem::take(&mut rx.buf).freeze();
-            if rx.merged && rest.len() >= min_part {
-                if let Err(e) = self.upload_part(&row.id, &mut rx, rest).await {
-                    self.abandon(&rx, None).await;
-                    return Err(e);
-                }
-            } else {
-                let key = paths::upload_part(&row.id, row.parts.len());
-                let size = rest.len() as u64;
-                if let Err(e) = self.blobs.put_staged(&key, rest).await {
-                    self.abandon(&rx, None).await;
-                    return Err(e);
-                }
-                staged.push(Part {
-                    key: key.to_string(),
-                    size,
-                });
-                new_staged = Some(key);
-            }
-        }
-        let mut multipart = rx.multipart.clone();
-        if let Some(m) = &mut multipart {
-            m.parts.extend(rx.new_parts.iter().cloned());
-        }
-        let new = UploadRow {
-            id: row.id.clone(),
-            repo: row.repo.clone(),
-            size: row.size + rx.received,
-            parts: staged,
-            hash_state: Some(hashstate::save(&hasher)),
-            multipart,
-        };
-        if !self.meta.advance_upload(&row.id, row.size, &new).await? {
-            self.abandon(&rx, new_staged.as_ref()).await;
-            let current = self.meta.get_upload(&row.repo, &row.id).await?;
-            return Err(Error::OutOfOrder {
-                offset: current.size,
-                start: row.size,
-            });
-        }
-        if rx.merged {
-            // Their bytes are in parts now.
-            self.blobs.delete_parts(&part_keys(&row)).await;
-        }
-        Ok((new, hasher))
-    }
-
-    async fn receive_multipart<S, E>(
-        &self,
-        row: &UploadRow,
-        mut body: S,
-        rx: &mut Receiving,
-        hashing: &mut HashThread,
-    ) -> Result<()>
-    where
-        S: futures::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
-        E: std::fmt::Display,
-    {
-        let (min_part, part_size) = self.blobs.part_sizes();
-        let staged: u64 = row.parts.iter().map(|p| p.size).sum();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::Body {
-                received: rx.received,
-                message: e.to_string(),
-            })?;
-            rx.received += chunk.len() as u64;
-            rx.buf.extend_from_slice(&chunk);
-            hashing.feed(chunk).await?;
-            if !rx.merged && staged + rx.buf.len() as u64 >= min_part as u64 {
-                // Enough for a part: the staged bytes go first.
-                let mut all = BytesMut::from(&self.blobs.read_staged(&part_keys(row)).await?[..]);
-                all.extend_from_slice(&rx.buf);
-                rx.buf = all;
-                rx.merged = true;
-            }
-            while rx.merged && rx.buf.len() >= part_size {
-                let part = rx.buf.split_to(part_size).freeze();
-                self.upload_part(&row.id, rx, part).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Uploads the next part, creating the multipart upload with the first one.
-    async fn upload_part(&self, session: &str, rx: &mut Receiving, data: Bytes) -> Result<()> {
-        if rx.multipart.is_none() {
-            let key = paths::upload_multipart(session);
-            let id = self.blobs.mp_create(&key).await?;
-            rx.multipart = Some(Multipart {
-                key: key.to_string(),
-                id,
-                parts: Vec::new(),
-            });
-            rx.created = true;
-        }
-        let Some(m) = &rx.multipart else {
-            return Err(Error::Corrupt("multipart upload vanished".into()));
-        };
-        let size = data.len() as u64;
-        let idx = m.parts.len() + rx.new_parts.len();
-        let content_id = self
-            .blobs
-            .mp_put_part(&Path::from(m.key.as_str()), &m.id, idx, data)
-            .await?;
-        rx.new_parts.push(MultipartPart { content_id, size });
-        Ok(())
-    }
-
-    /// Undoes what a failed or lost chunk left: a multipart upload it created, a staged object
-    /// it wrote. Parts it added to an existing upload are simply never listed at completion.
-    async fn abandon(&self, rx: &Receiving, staged: Option<&Path>) {
-        if rx.created {
-            if let Some(m) = &rx.multipart {
-                if let Err(e) = self.blobs.mp_abort(&Path::from(m.key.as_str()), &m.id).await {
-                    tracing::warn!(upload = %m.key, error = %e, "could not abort a multipart upload");
-                }
-            }
-        }
-        if let Some(k) = staged {
-            self.blobs.delete_parts(std::slice::from_ref(k)).await;
-        }
-    }
-
-    /// Makes a verified multipart session the blob `digest`: one PUT when it never grew to a
-    /// part, else completion of its multipart upload (staged bytes as the last part) and a
-    /// copy to the digest's key.
-    async fn commit_multipart(&self, row: &UploadRow, digest: &Digest) -> Result<()> {
-        let staged = part_keys(row);
-        // Best effort: an upload left behind costs storage until the bucket's lifecycle rule
-        // for incomplete multipart uploads takes it, never correctness.
-        let abort = |m: &Multipart| {
-            let (key, id) = (Path::from(m.key.as_str()), m.id.clone());
-            let blobs = self.blobs.clone();
-            async move {
-                if let Err(e) = blobs.mp_abort(&key, &id).await {
-                    tracing::warn!(upload = %key, error = %e, "could not abort a multipart upload");
-                }
-            }
-        };
-        if self.blobs.stat(digest).await? == Some(row.size) {
-            if let Some(m) = &row.multipart {
-                abort(m).await;
-            }
-            self.blobs.delete_parts(&staged).await;
-            return Ok(());
-        }
-        match &row.multipart {
-            Some(m) if !m.parts.is_empty() => {
-                let key = Path::from(m.key.as_str());
-                let mut ids: Vec<String> = m.parts.iter().map(|p| p.content_id.clone()).collect();
-                let last = self.blobs.read_staged(&staged).await?;
-                if !last.is_empty() {
-                    ids.push(self.blobs.mp_put_part(&key, &m.id, ids.len(), last).await?);
-                }
-                self.blobs.mp_complete(&key, &m.id, &ids).await?;
-                self.blobs.commit_staged(&key, digest, row.size).await?;
-            }
-            other => {
-                let data = self.blobs.read_staged(&staged).await?;
-                self.blobs.put_blob(digest, data).await?;
-                if let Some(m) = other {
-                    abort(m).await;
-                }
-            }
-        }
-        self.blobs.delete_parts(&staged).await;
-        Ok(())
-    }
-}
-
-/// What one multipart chunk has done so far, for the row update or the clean-up.
-struct Receiving {
-    multipart: Option<Multipart>,
-    /// Whether this chunk created `multipart`.
-    created: bool,
-    /// Parts this chunk uploaded.
-    new_parts: Vec<MultipartPart>,
-    /// Bytes not yet in a part.
-    buf: BytesMut,
-    /// Whether the session's staged bytes were read into `buf`.
-    merged: bool,
-    /// Body bytes received.
-    received: u64,
-}
-
-/// SHA-256 on a blocking thread of its own, fed in batches, so hashing overlaps with receiving
-/// and uploading.
-struct HashThread {
-    tx: Option<tokio::sync::mpsc::Sender<Vec<Bytes>>>,
-    handle: tokio::task::JoinHandle<Sha256>,
-    batch: Vec<Bytes>,
-    batched: usize,
-}
-
-impl HashThread {
-    fn start(mut h: Sha256) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
-        let handle = tokio::task::spawn_blocking(move || {
-            while let Some(batch) = rx.blocking_recv() {
-                for b in batch {
-                    h.update(&b);
-                }
-            }
-            h
-        });
-        HashThread {
-            tx: Some(tx),
-            handle,
-            batch: Vec::new(),
-            batched: 0,
-        }
-    }
-
-    async fn feed(&mut self, b: Bytes) -> Result<()> {
-        self.batched += b.len();
-        self.batch.push(b);
-        if self.batched >= HASH_BATCH {
-            self.batched = 0;
-            let batch = std::mem::take(&mut self.batch);
-            if let Some(tx) = &self.tx {
-                tx.send(batch)
-                    .await
-                    .map_err(|_| Error::Corrupt("hashing thread stopped".into()))?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<Sha256> {
-        if let Some(tx) = self.tx.take() {
-            if !self.batch.is_empty() {
-                let _ = tx.send(std::mem::take(&mut self.batch)).await;
-            }
-        }
-        self.handle
-            .await
-            .map_err(|e| Error::Corrupt(format!("hashing thread failed: {e}")))
-    }
 }
 
 fn part_keys(row: &UploadRow) -> Vec<Path> {
@@ -543,8 +264,6 @@ fn part_keys(row: &UploadRow) -> Vec<Path> {
 mod tests {
     use super::*;
     use futures::stream;
-    use object_store::memory::InMemory;
-    use std::sync::Arc;
 
     type Chunks = stream::Iter<std::vec::IntoIter<std::result::Result<Bytes, String>>>;
 
@@ -552,8 +271,8 @@ mod tests {
         stream::iter(vec![Ok(Bytes::from_static(b))])
     }
 
-    /// One setup per metadata backend (SQLite, and PostgreSQL when configured), over a memory
-    /// store with an object per chunk and over one through its multipart API.
+    /// One setup per metadata backend (SQLite, and PostgreSQL when configured), over a local
+    /// directory and over a memory store through its multipart API.
     async fn setups() -> Vec<(Uploads, Meta, BlobStore)> {
         let mut out = Vec::new();
         for multipart in [false, true] {
@@ -561,7 +280,9 @@ mod tests {
                 let blobs = if multipart {
                     BlobStore::memory()
                 } else {
-                    BlobStore::new(Arc::new(InMemory::new()))
+                    // Kept for the test process's life: the store outlives this function.
+                    let dir = tempfile::tempdir().expect("tempdir").keep();
+                    BlobStore::local(&dir).expect("local store")
                 };
                 out.push((Uploads::new(blobs.clone(), meta.clone()), meta, blobs));
             }

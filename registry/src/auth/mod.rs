@@ -31,7 +31,7 @@ pub mod rules;
 pub mod token;
 
 use crate::config::{Action, AuthConfig, AuthMode};
-use crate::http::error::AppError;
+use crate::http::error::{AppError, Code};
 use axum::http::{header, HeaderMap, StatusCode};
 use base64::Engine as _;
 use berth_storage::meta::Account;
@@ -165,8 +165,18 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| bcrypt::hash("berth-dummy-password", BCRYPT_COST).unwrap_or_default())
 }
 
+/// Longest password bcrypt reads: it ignores every byte after the 72nd, so a longer one
+/// would let anything sharing its first 72 bytes log in. Refused when set, and at login.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
 /// Hashes a new password or robot secret (on the blocking pool).
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        password.len() <= MAX_PASSWORD_BYTES,
+        "the password has {} bytes; bcrypt reads only the first {MAX_PASSWORD_BYTES}, so the rest \
+         would be ignored at login: choose one of at most {MAX_PASSWORD_BYTES} bytes",
+        password.len()
+    );
     Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST)).await??)
 }
 
@@ -239,6 +249,10 @@ impl Auth {
 
     /// Checks a password against an account's stored hash, with the verified cache.
     async fn password_ok(&self, account: &Account, password: &str) -> bool {
+        if password.len() > MAX_PASSWORD_BYTES {
+            // Never set (see `hash_password`); bcrypt would compare only a prefix of it.
+            return false;
+        }
         let mut h = Sha256::new();
         for part in [
             account.name.as_bytes(),
@@ -290,7 +304,7 @@ impl Auth {
     fn unauthorized(&self, message: &str) -> AppError {
         // Basic mode asks for Basic credentials on every endpoint; token mode only at /token,
         // the one place that takes a password.
-        AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).header(
+        AppError::new(Code::Unauthorized, message).header(
             header::WWW_AUTHENTICATE,
             format!("Basic realm=\"{}\"", self.config.realm),
         )
@@ -303,8 +317,7 @@ impl Auth {
         if let Some(locked_for) = failed.and_then(|f| f.locked_for) {
             let retry = locked_for.as_millis().div_ceil(1000).max(1);
             return Err(AppError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOOMANYREQUESTS",
+                Code::TooManyRequests,
                 format!("too many failed logins for {name}: try again in {retry} s"),
             )
             .header(header::RETRY_AFTER, retry.to_string()));
@@ -393,7 +406,7 @@ impl Auth {
         if let Some(e) = error {
             c.push_str(&format!(",error=\"{e}\""));
         }
-        AppError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+        AppError::new(Code::Unauthorized, message)
             .detail(serde_json::json!(needs
                 .iter()
                 .filter_map(|n| match n {
@@ -426,19 +439,14 @@ impl Auth {
                     Err(self.unauthorized("authentication required"))
                 } else {
                     Err(AppError::new(
-                        StatusCode::FORBIDDEN,
-                        "DENIED",
+                        Code::Denied,
                         format!("{} may not {}", p.name(), Self::scope_of(needs)),
                     ))
                 }
             }
             AuthMode::Token => {
                 let Some(keys) = &self.keys else {
-                    return Err(AppError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "UNKNOWN",
-                        "token keys missing",
-                    ));
+                    return Err(AppError::new(Code::Unknown, "token keys missing"));
                 };
                 let Some(t) = bearer(headers) else {
                     return Err(self.bearer_challenge(headers, needs, None, "authentication required"));
@@ -547,11 +555,8 @@ impl Auth {
 
     fn token_keys(&self) -> Result<&TokenKeys, AppError> {
         self.keys.as_ref().ok_or_else(|| {
-            AppError::new(
-                StatusCode::NOT_FOUND,
-                "UNSUPPORTED",
-                "this registry does not run in token auth mode",
-            )
+            AppError::new(Code::Unsupported, "this registry does not run in token auth mode")
+                .status(StatusCode::NOT_FOUND)
         })
     }
 
@@ -569,7 +574,7 @@ impl Auth {
         let keys = self.token_keys()?;
         let internal = |e: anyhow::Error| {
             tracing::error!(error = %e, "cannot sign a token");
-            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "cannot sign a token")
+            AppError::new(Code::Unknown, "cannot sign a token")
         };
         let grants = self.grant(p, scopes);
         let scope = grants
@@ -602,25 +607,16 @@ impl Auth {
     /// The principal behind a refresh token, if its account still exists.
     pub async fn refresh_principal(&self, refresh_token: &str) -> Result<Principal, AppError> {
         let keys = self.token_keys()?;
-        let (sub, fingerprint) = keys.verify_refresh(refresh_token).map_err(|_| {
-            AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "invalid or expired refresh token",
-            )
-        })?;
+        let (sub, fingerprint) = keys
+            .verify_refresh(refresh_token)
+            .map_err(|_| AppError::new(Code::Unauthorized, "invalid or expired refresh token"))?;
         match self.meta.account(&sub).await? {
             Some(a) if Self::fingerprint(&a) == fingerprint => Ok(Self::principal_of(&a)),
             Some(_) => Err(AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
+                Code::Unauthorized,
                 "the password changed since this refresh token was issued: log in again",
             )),
-            None => Err(AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "the account no longer exists",
-            )),
+            None => Err(AppError::new(Code::Unauthorized, "the account no longer exists")),
         }
     }
 }

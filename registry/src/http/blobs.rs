@@ -1,6 +1,6 @@
 //! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
 
-use super::error::AppError;
+use super::error::{AppError, Code};
 use super::parse_digest;
 use crate::AppState;
 use axum::body::Body;
@@ -91,7 +91,7 @@ pub(super) async fn get(
                     .header("docker-content-digest", digest.to_string())
                     .header(header::CONTENT_LENGTH, 0)
                     .body(Body::empty())
-                    .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()));
+                    .map_err(|e| AppError::new(Code::Unknown, e.to_string()));
             }
             Ok(None) => {}
             // Signing needs fresh credentials (an instance role's, say): if they cannot be had,
@@ -108,10 +108,10 @@ pub(super) async fn get(
     let (status, want) = match range {
         RangeAsk::Unsatisfiable => {
             return Ok(AppError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
+                Code::BlobUnknown,
                 format!("range not satisfiable: the blob has {size} bytes"),
             )
+            .status(StatusCode::RANGE_NOT_SATISFIABLE)
             .header(header::CONTENT_RANGE, format!("bytes */{size}"))
             .into_response())
         }
@@ -129,8 +129,7 @@ pub(super) async fn get(
         let read = state.blobs.get(&digest, want).await?;
         Body::from_stream(read.stream)
     };
-    b.body(body)
-        .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))
+    b.body(body).map_err(|e| AppError::new(Code::Unknown, e.to_string()))
 }
 
 pub(super) async fn delete(state: &AppState, name: &str, digest: &str) -> Result<Response, AppError> {

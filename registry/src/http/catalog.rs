@@ -1,9 +1,9 @@
 //! `GET /v2/<name>/tags/list` and `GET /v2/_catalog`, paginated with `n`/`last` and `Link`.
 
-use super::error::AppError;
+use super::error::{AppError, Code};
 use crate::AppState;
 use axum::extract::{Query, Request};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -20,13 +20,7 @@ fn page(state: &AppState, req: &Request) -> Result<(u32, Option<String>), AppErr
         None | Some("") => state.config.page_size,
         Some(s) => s
             .parse::<u32>()
-            .map_err(|_| {
-                AppError::new(
-                    StatusCode::BAD_REQUEST,
-                    "PAGINATION_NUMBER_INVALID",
-                    format!("n={s} is not a number"),
-                )
-            })?
+            .map_err(|_| AppError::new(Code::PaginationNumberInvalid, format!("n={s} is not a number")))?
             .min(state.config.page_size),
     };
     Ok((n, p.last.filter(|l| !l.is_empty())))

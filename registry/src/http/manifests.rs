@@ -3,7 +3,7 @@
 //! Manifests are the only bodies read whole, under the configured cap; they are stored and
 //! served byte-exact (the digest is of the bytes as pushed, never of a re-serialisation).
 
-use super::error::AppError;
+use super::error::{AppError, Code};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::Request;
@@ -11,7 +11,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_oci::{manifest, validate_tag, Digest};
 use berth_storage::meta::Reference;
-use futures::StreamExt;
 
 /// A reference is a digest when it has an algorithm separator; otherwise a tag.
 enum Ref {
@@ -23,8 +22,7 @@ fn parse_ref(reference: &str) -> Result<Ref, AppError> {
     if reference.contains(':') {
         super::parse_digest(reference).map(Ref::Digest)
     } else {
-        validate_tag(reference)
-            .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string()))?;
+        validate_tag(reference).map_err(|e| AppError::new(Code::ManifestInvalid, e.to_string()))?;
         Ok(Ref::Tag(reference.to_owned()))
     }
 }
@@ -39,7 +37,14 @@ impl Ref {
 }
 
 pub(super) async fn get(state: &AppState, name: &str, reference: &str, head: bool) -> Result<Response, AppError> {
-    let r = parse_ref(reference)?;
+    // A reference that could never name a manifest names none: 404, as distribution answers
+    // (clients probe with odd names and read 400 as a broken registry). PUT keeps the grammar.
+    let r = parse_ref(reference).map_err(|_| {
+        AppError::new(
+            Code::ManifestUnknown,
+            format!("manifest unknown: {:?} names no manifest in {name}", reference),
+        )
+    })?;
     let m = state.meta.get_manifest(name, r.as_ref(), !head).await?;
     let body = match m.content {
         Some(c) if !head => Body::from(c),
@@ -52,60 +57,24 @@ pub(super) async fn get(state: &AppState, name: &str, reference: &str, head: boo
         .header("docker-content-digest", m.digest.to_string())
         .header(header::ETAG, format!("\"{}\"", m.digest))
         .body(body)
-        .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))
-}
-
-async fn read_capped(body: Body, cap: usize) -> Result<Vec<u8>, AppError> {
-    let mut s = body.into_data_stream();
-    let mut out = Vec::new();
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::new(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_INVALID",
-                format!("reading the manifest failed: {e}"),
-            )
-        })?;
-        if out.len() + chunk.len() > cap {
-            return Err(AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "SIZE_INVALID",
-                format!("manifest is larger than this registry's limit of {cap} bytes"),
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+        .map_err(|e| AppError::new(Code::Unknown, e.to_string()))
 }
 
 pub(super) async fn put(state: &AppState, name: &str, reference: &str, req: Request) -> Result<Response, AppError> {
     let r = parse_ref(reference)?;
     let cap = state.config.max_manifest_bytes;
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-    {
-        if len > cap {
-            return Err(AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "SIZE_INVALID",
-                format!("manifest of {len} bytes is larger than this registry's limit of {cap} bytes"),
-            ));
-        }
-    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = read_capped(req.into_body(), cap).await?;
+    let (parts, body) = req.into_parts();
+    let body = super::body::read_capped(&parts.headers, body, cap, Code::SizeInvalid, "manifest").await?;
     let digest = Digest::of(&body);
     let tag = match &r {
         Ref::Digest(d) if *d != digest => {
             return Err(AppError::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
+                Code::DigestInvalid,
                 format!("manifest has digest {digest}, not {d} as in the URL"),
             ))
         }

@@ -5,6 +5,7 @@
 //! third-to-last segment) and handlers receive an already validated name.
 
 mod blobs;
+mod body;
 mod catalog;
 pub mod error;
 mod manifests;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use berth_oci::{validate_repository, Digest};
-use error::AppError;
+use error::{AppError, Code};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
@@ -112,13 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*path}", any(dispatch))
-        .fallback(|| async {
-            AppError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "no such endpoint: the registry API lives under /v2/",
-            )
-        })
+        .fallback(|| async { AppError::new(Code::NotFound, "no such endpoint: the registry API lives under /v2/") })
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
@@ -152,14 +147,9 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
 
 async fn route(state: &AppState, req: Request) -> Result<Response, AppError> {
     let path = percent_decode(req.uri().path()).ok_or_else(|| {
-        AppError::new(
-            StatusCode::BAD_REQUEST,
-            "UNSUPPORTED",
-            "the request path is not valid UTF-8",
-        )
+        AppError::new(Code::Unsupported, "the request path is not valid UTF-8").status(StatusCode::BAD_REQUEST)
     })?;
-    let route = parse_route(&path)
-        .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such endpoint: {path}")))?;
+    let route = parse_route(&path).ok_or_else(|| AppError::new(Code::NotFound, format!("no such endpoint: {path}")))?;
     let name = match &route {
         Route::Tags(n) | Route::Manifest(n, _) | Route::Blob(n, _) | Route::Upload(n, _) | Route::Referrers(n, _) => {
             Some(n.as_str())

@@ -2,7 +2,7 @@
 //! credentials or anonymously and repeated `scope`; `POST` (oauth.md) with
 //! `grant_type=password` or `refresh_token`. Answers 404 unless the registry runs in token mode.
 
-use super::error::AppError;
+use super::error::{AppError, Code};
 use crate::auth::basic_credentials;
 use crate::auth::rules::Principal;
 use crate::config::AuthMode;
@@ -21,10 +21,10 @@ fn require_token_mode(state: &AppState) -> Result<(), AppError> {
         Ok(())
     } else {
         Err(AppError::new(
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
+            Code::Unsupported,
             "this registry does not run in token auth mode (start it with --auth token)",
-        ))
+        )
+        .status(StatusCode::NOT_FOUND))
     }
 }
 
@@ -71,13 +71,9 @@ pub(super) async fn post(State(state): State<AppState>, req: Request) -> Respons
     let ip = peer(&req);
     let run = async {
         require_token_mode(&state)?;
-        let body = axum::body::to_bytes(req.into_body(), 64 * 1024).await.map_err(|_| {
-            AppError::new(
-                StatusCode::BAD_REQUEST,
-                "UNSUPPORTED",
-                "token request body too large or unreadable",
-            )
-        })?;
+        let (parts, body) = req.into_parts();
+        let body =
+            super::body::read_capped(&parts.headers, body, 64 * 1024, Code::Unsupported, "token request").await?;
         let mut f = std::collections::HashMap::new();
         for (k, v) in form_urlencoded::parse(&body) {
             f.insert(k.into_owned(), v.into_owned());
@@ -96,10 +92,10 @@ pub(super) async fn post(State(state): State<AppState>, req: Request) -> Respons
             "refresh_token" => (state.auth.refresh_principal(field("refresh_token")).await?, false),
             other => {
                 return Err(AppError::new(
-                    StatusCode::BAD_REQUEST,
-                    "UNSUPPORTED",
+                    Code::Unsupported,
                     format!("grant_type {other:?} is not supported: use password or refresh_token"),
-                ))
+                )
+                .status(StatusCode::BAD_REQUEST))
             }
         };
         let mut answer = state.auth.answer(&p, &scopes, refresh).await?;

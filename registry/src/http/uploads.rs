@@ -2,7 +2,7 @@
 //! report progress, finish, cancel. Protocol rules (ordering, hashing, commit) live in
 //! `berth_storage::upload`; this module only reads headers and writes them.
 
-use super::error::{range_value, AppError};
+use super::error::{range_value, AppError, Code};
 use super::parse_digest;
 use crate::auth::Access;
 use crate::config::Action;
@@ -66,13 +66,7 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, AppError> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .map(Some)
-            .ok_or_else(|| {
-                AppError::new(
-                    StatusCode::BAD_REQUEST,
-                    "SIZE_INVALID",
-                    "Content-Length is not a number",
-                )
-            }),
+            .ok_or_else(|| AppError::new(Code::SizeInvalid, "Content-Length is not a number")),
     }
 }
 
@@ -85,10 +79,10 @@ fn chunk_check(h: &HeaderMap) -> Result<ChunkCheck, AppError> {
     };
     let bad = || {
         AppError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "BLOB_UPLOAD_INVALID",
+            Code::BlobUploadInvalid,
             "Content-Range must be <start>-<end>, inclusive, starting where the upload ends",
         )
+        .status(StatusCode::RANGE_NOT_SATISFIABLE)
     };
     let s = v.to_str().map_err(|_| bad())?.trim();
     let s = s.strip_prefix("bytes ").unwrap_or(s);
@@ -103,8 +97,7 @@ fn chunk_check(h: &HeaderMap) -> Result<ChunkCheck, AppError> {
     if let Some(l) = len {
         if l != range_len {
             return Err(AppError::new(
-                StatusCode::BAD_REQUEST,
-                "SIZE_INVALID",
+                Code::SizeInvalid,
                 format!("Content-Range covers {range_len} bytes but Content-Length is {l}"),
             ));
         }
@@ -165,13 +158,10 @@ pub(super) async fn patch(state: &AppState, name: &str, id: &str, req: Request) 
 
 pub(super) async fn put(state: &AppState, name: &str, id: &str, req: Request) -> Result<Response, AppError> {
     let q: PutQuery = Query::try_from_uri(req.uri()).map(|q| q.0).unwrap_or_default();
-    let digest = q.digest.as_deref().ok_or_else(|| {
-        AppError::new(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-            "the final PUT of an upload needs ?digest=<digest>",
-        )
-    })?;
+    let digest = q
+        .digest
+        .as_deref()
+        .ok_or_else(|| AppError::new(Code::DigestInvalid, "the final PUT of an upload needs ?digest=<digest>"))?;
     let digest = parse_digest(digest)?;
     let check = chunk_check(req.headers())?;
     // Always read the body: over HTTP/2 a body need not announce itself with Content-Length
