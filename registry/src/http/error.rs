@@ -92,6 +92,13 @@ impl From<StoreError> for AppError {
             StoreError::ManifestBlobUnknown { digest, .. } => {
                 Self::new(S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", msg).detail(serde_json::json!({ "digest": digest }))
             }
+            StoreError::QuotaExceeded {
+                quota, usage, limit, ..
+            } => Self::new(S::FORBIDDEN, "DENIED", msg)
+                .detail(serde_json::json!({ "quota": quota, "usage": usage, "limit": limit })),
+            StoreError::ImmutableTag { tag, digest, .. } => {
+                Self::new(S::FORBIDDEN, "DENIED", msg).detail(serde_json::json!({ "tag": tag, "digest": digest }))
+            }
             StoreError::Body { .. } => Self::new(S::BAD_REQUEST, "BLOB_UPLOAD_INVALID", msg),
             StoreError::UploadDamaged { .. } => {
                 tracing::error!(error = %msg, "damaged upload");

@@ -41,6 +41,9 @@ impl Ref {
 pub(super) async fn get(state: &AppState, name: &str, reference: &str, head: bool) -> Result<Response, AppError> {
     let r = parse_ref(reference)?;
     let m = state.meta.get_manifest(name, r.as_ref(), !head).await?;
+    if !head {
+        state.pulls.record(name, &m.digest.to_string());
+    }
     let body = match m.content {
         Some(c) if !head => Body::from(c),
         _ => Body::empty(),
