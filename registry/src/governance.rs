@@ -83,7 +83,10 @@ pub fn apply(config: &Config, meta: Meta) -> Meta {
 pub fn validate(c: &Config) -> anyhow::Result<()> {
     let mut names = std::collections::HashSet::new();
     for q in &c.quotas {
-        anyhow::ensure!(!q.repos.is_empty(), "[[quotas]]: every quota needs at least one repos glob");
+        anyhow::ensure!(
+            !q.repos.is_empty(),
+            "[[quotas]]: every quota needs at least one repos glob"
+        );
         anyhow::ensure!(
             names.insert(scope_name(&q.repos)),
             "[[quotas]]: two quotas have the same repos {:?}; merge them",
@@ -97,8 +100,14 @@ pub fn validate(c: &Config) -> anyhow::Result<()> {
         );
     }
     for r in &c.retention {
-        anyhow::ensure!(!r.repos.is_empty(), "[[retention]]: every policy needs at least one repos glob");
-        for (what, v) in [("pulled_within", &r.pulled_within), ("untagged_after", &r.untagged_after)] {
+        anyhow::ensure!(
+            !r.repos.is_empty(),
+            "[[retention]]: every policy needs at least one repos glob"
+        );
+        for (what, v) in [
+            ("pulled_within", &r.pulled_within),
+            ("untagged_after", &r.untagged_after),
+        ] {
             if let Some(v) = v {
                 parse_duration(v).map_err(|e| anyhow::anyhow!("[[retention]] {what}: {e}"))?;
             }
@@ -204,7 +213,11 @@ mod tests {
         for bad in ["", "GiB", "1 XB", "-1"] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
-        let bad = |t: &str| toml::from_str::<Config>(t).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| e.to_string()));
+        let bad = |t: &str| {
+            toml::from_str::<Config>(t)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+        };
         assert!(bad("[[quotas]]\nrepos = []\nbytes = 1").is_err());
         assert!(bad("[[quotas]]\nrepos = [\"a\"]\nbytes = \"lots\"").is_err());
         assert!(bad("[[retention]]\nrepos = [\"a\"]").is_err());

@@ -479,11 +479,18 @@ async fn quota(cmd: QuotaCmd, store: StoreArgs) -> anyhow::Result<()> {
         QuotaCmd::Recompute => meta.quota_recompute().await?,
     };
     let gov = berth_registry::governance::Governance::new(&config);
-    println!("{:<40} {:>16} {:>16} {:>8} {:>8}", "QUOTA", "USED", "LIMIT", "USE%", "OBJECTS");
+    println!(
+        "{:<40} {:>16} {:>16} {:>8} {:>8}",
+        "QUOTA", "USED", "LIMIT", "USE%", "OBJECTS"
+    );
     for (scope, limit) in gov.scopes() {
         let u = usage.iter().find(|u| u.scope == scope);
         let (bytes, objects) = u.map_or((0, 0), |u| (u.bytes, u.objects));
-        let pct = if limit == 0 { 100.0 } else { bytes as f64 * 100.0 / limit as f64 };
+        let pct = if limit == 0 {
+            100.0
+        } else {
+            bytes as f64 * 100.0 / limit as f64
+        };
         println!("{scope:<40} {bytes:>16} {limit:>16} {pct:>7.1}% {objects:>8}");
     }
     Ok(())

@@ -67,11 +67,11 @@ fn ms(d: Duration) -> i64 {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86400 == 0 && s > 0 {
+    if s.is_multiple_of(86400) && s > 0 {
         format!("{}d", s / 86400)
-    } else if s % 3600 == 0 && s > 0 {
+    } else if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 && s > 0 {
+    } else if s.is_multiple_of(60) && s > 0 {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -153,7 +153,9 @@ pub async fn plan(meta: &Meta, rules: &[RetentionRule], policy: &dyn Policy, now
                     reason = Some(why.join(", "));
                 }
             }
-            let Some(reason) = reason.filter(|_| !kept) else { continue };
+            let Some(reason) = reason.filter(|_| !kept) else {
+                continue;
+            };
             if policy.immutable(repo, &t.tag) {
                 continue;
             }
@@ -180,7 +182,9 @@ pub async fn plan(meta: &Meta, rules: &[RetentionRule], policy: &dyn Policy, now
     let present: HashSet<(i64, &str)> = graph.manifests.iter().map(|m| (m.repo_id, m.digest.as_str())).collect();
     let mut untagged = Vec::new();
     for m in &graph.manifests {
-        let Some(repo) = graph.repos.get(&m.repo_id) else { continue };
+        let Some(repo) = graph.repos.get(&m.repo_id) else {
+            continue;
+        };
         let Some(after) = rules
             .iter()
             .filter(|r| covers_repo(r, repo))
@@ -191,10 +195,7 @@ pub async fn plan(meta: &Meta, rules: &[RetentionRule], policy: &dyn Policy, now
         };
         let key = (m.repo_id, m.digest.as_str());
         let cutoff = now.saturating_sub(ms(after));
-        let subject_present = m
-            .subject
-            .as_deref()
-            .is_some_and(|s| present.contains(&(m.repo_id, s)));
+        let subject_present = m.subject.as_deref().is_some_and(|s| present.contains(&(m.repo_id, s)));
         if m.last_referenced >= cutoff
             || tagged.contains(&key)
             || listed.contains(&key)
@@ -226,7 +227,11 @@ pub async fn execute(meta: &Meta, plan: Vec<Removal>) -> anyhow::Result<(Vec<Rem
     for r in plan {
         let removed = match &r.target {
             Target::Tag { tag, digest } => meta.retention_delete_tag(&r.repo, tag, digest).await?,
-            Target::Untagged { repo_id, digest, cutoff } => meta.gc_delete_manifest(*repo_id, digest, *cutoff).await?,
+            Target::Untagged {
+                repo_id,
+                digest,
+                cutoff,
+            } => meta.gc_delete_manifest(*repo_id, digest, *cutoff).await?,
         };
         if removed {
             tracing::info!(removal = %r, "retention removed");
@@ -243,7 +248,7 @@ pub async fn execute(meta: &Meta, plan: Vec<Removal>) -> anyhow::Result<(Vec<Rem
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| ms(d))
+        .map(ms)
         .unwrap_or(0)
 }
 
@@ -257,7 +262,11 @@ pub fn spawn(
     if rules.is_empty() || interval.is_zero() {
         return None;
     }
-    tracing::info!(interval_secs = interval.as_secs(), policies = rules.len(), "background retention on");
+    tracing::info!(
+        interval_secs = interval.as_secs(),
+        policies = rules.len(),
+        "background retention on"
+    );
     Some(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

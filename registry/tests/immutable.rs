@@ -36,7 +36,10 @@ async fn immutable_tags_refuse_moves_and_deletes() {
     let v: serde_json::Value = serde_json::from_str(&body).expect("error envelope");
     assert_eq!(v["errors"][0]["code"], "DENIED", "{body}");
     let msg = v["errors"][0]["message"].as_str().expect("message");
-    assert!(msg.contains("tag v1 of team/app is immutable") && msg.contains(&first), "{msg}");
+    assert!(
+        msg.contains("tag v1 of team/app is immutable") && msg.contains(&first),
+        "{msg}"
+    );
     let r = c
         .get(format!("{base}/v2/team/app/manifests/v1"))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")
@@ -72,7 +75,11 @@ async fn immutable_tags_refuse_moves_and_deletes() {
             .arg(format!("docker://{}/team/app:v1", reg.addr));
         let out = run_fails(&mut cmd);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("immutable"), "skopeo should show why:\n{}", show(&cmd, &out));
+        assert!(
+            err.contains("immutable"),
+            "skopeo should show why:\n{}",
+            show(&cmd, &out)
+        );
         // Under a new tag it is fine; then docker, pulling it, retagging it as v1 and pushing.
         run(Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false"])
@@ -86,9 +93,17 @@ async fn immutable_tags_refuse_moves_and_deletes() {
             let mut cmd = Command::new("docker");
             cmd.args(["push", &dst]);
             let out = run_fails(&mut cmd);
-            let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             let _ = Command::new("docker").args(["rmi", &src, &dst]).output();
-            assert!(all.contains("immutable"), "docker push should show why:\n{}", show(&cmd, &out));
+            assert!(
+                all.contains("immutable"),
+                "docker push should show why:\n{}",
+                show(&cmd, &out)
+            );
         }
     }
 
@@ -98,12 +113,18 @@ async fn immutable_tags_refuse_moves_and_deletes() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     push_image(&c, &base, "team/app", "build-2", 8).await;
     let dry = stdout(&admin(&reg, &cfg, &["retention", "run", "--dry-run"]));
-    assert!(!dry.contains(":v1 "), "retention must leave immutable tags alone:\n{dry}");
+    assert!(
+        !dry.contains(":v1 "),
+        "retention must leave immutable tags alone:\n{dry}"
+    );
     assert!(dry.contains("tag team/app:build-1 "), "{dry}");
     let done = stdout(&admin(&reg, &cfg, &["retention", "run"]));
     assert_eq!(dry, done, "the dry run must list exactly what the run removes");
     let left = tags(&c, &base, "team/app").await;
-    assert!(left.contains(&"v1".to_owned()) && left.contains(&"build-2".to_owned()), "{left:?}");
+    assert!(
+        left.contains(&"v1".to_owned()) && left.contains(&"build-2".to_owned()),
+        "{left:?}"
+    );
     assert!(!left.contains(&"build-1".to_owned()), "{left:?}");
     // And garbage collection keeps what the immutable tag names.
     admin(&reg, &cfg, &["gc", "--grace", "0"]);

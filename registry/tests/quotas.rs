@@ -29,7 +29,9 @@ async fn quotas_count_once_refuse_past_the_limit_and_stay_exact() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (reg, cfg) = start_config(
         tmp.path(),
-        &format!("[[quotas]]\nrepos = [\"team/**\"]\nbytes = {LIMIT}\n\n[[quotas]]\nrepos = [\"solo\"]\nbytes = \"1MiB\"\n"),
+        &format!(
+            "[[quotas]]\nrepos = [\"team/**\"]\nbytes = {LIMIT}\n\n[[quotas]]\nrepos = [\"solo\"]\nbytes = \"1MiB\"\n"
+        ),
     );
     let base = reg.url();
     let c = Client::new();
@@ -40,7 +42,10 @@ async fn quotas_count_once_refuse_past_the_limit_and_stay_exact() {
         assert_eq!(put_blob(&c, &base, repo, &shared).await.0, StatusCode::CREATED);
     }
     let r = c
-        .post(format!("{base}/v2/team/c/blobs/uploads/?mount={}&from=team/a", digest(&shared)))
+        .post(format!(
+            "{base}/v2/team/c/blobs/uploads/?mount={}&from=team/a",
+            digest(&shared)
+        ))
         .send()
         .await
         .expect("mount");
@@ -93,7 +98,10 @@ async fn quotas_count_once_refuse_past_the_limit_and_stay_exact() {
     let outside = data(5_000, 7);
     assert_eq!(put_blob(&c, &base, "pub/x", &outside).await.0, StatusCode::CREATED);
     let r = c
-        .post(format!("{base}/v2/team/a/blobs/uploads/?mount={}&from=pub/x", digest(&outside)))
+        .post(format!(
+            "{base}/v2/team/a/blobs/uploads/?mount={}&from=pub/x",
+            digest(&outside)
+        ))
         .send()
         .await
         .expect("mount");
@@ -132,7 +140,11 @@ async fn quotas_count_once_refuse_past_the_limit_and_stay_exact() {
             cmd.args(["push", &dst]);
             let out = run_fails(&mut cmd);
             let _ = Command::new("docker").args(["rmi", &src, &dst]).output();
-            let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(all.contains("quota team/** exceeded"), "{}", show(&cmd, &out));
         }
     }
@@ -147,7 +159,11 @@ async fn quotas_count_once_refuse_past_the_limit_and_stay_exact() {
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
     let ls = stdout(&admin(&reg, &cfg, &["quota", "ls"]));
-    assert_eq!(usage(&ls, "team/**"), LIMIT, "team/c still holds the shared blob:\n{ls}");
+    assert_eq!(
+        usage(&ls, "team/**"),
+        LIMIT,
+        "team/c still holds the shared blob:\n{ls}"
+    );
     // An image fits again once something goes; then garbage collection (no grace) takes the
     // blobs no manifest needs, and usage follows.
     let r = c

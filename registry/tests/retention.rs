@@ -7,7 +7,6 @@
 mod common;
 mod govern;
 
-use common::*;
 use govern::*;
 use reqwest::{Client, StatusCode};
 use std::time::Duration;
@@ -23,7 +22,8 @@ async fn report(c: &Client, base: &str, node: &str, manifests: &[(&str, &str)]) 
     });
     let r = c
         .put(format!("{base}/berth/v1/nodes/{node}/in-use"))
-        .json(&body)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
         .send()
         .await
         .expect("report");
@@ -70,11 +70,23 @@ async fn retention_keeps_what_policies_pins_and_nodes_say() {
     assert_eq!(manifest_status(&c, &base, "pulled/app", "p1").await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let dry = stdout(&admin(&reg, &cfg, &["retention", "run", "--dry-run"]));
-    assert!(dry.contains(&format!("tag ci/app:b2 ({}): not among the 2 most recently pushed", b[1])), "{dry}");
+    assert!(
+        dry.contains(&format!(
+            "tag ci/app:b2 ({}): not among the 2 most recently pushed",
+            b[1]
+        )),
+        "{dry}"
+    );
     assert!(!dry.contains("ci/app:b1"), "pinned by hand:\n{dry}");
-    assert!(dry.contains("tag pulled/app:p2 ") && dry.contains("not pulled within 3s"), "{dry}");
+    assert!(
+        dry.contains("tag pulled/app:p2 ") && dry.contains("not pulled within 3s"),
+        "{dry}"
+    );
     assert!(!dry.contains("pulled/app:p1"), "p1 was pulled:\n{dry}");
-    assert!(dry.contains(&format!("manifest ci/app@{u}: untagged for more than 2s")), "{dry}");
+    assert!(
+        dry.contains(&format!("manifest ci/app@{u}: untagged for more than 2s")),
+        "{dry}"
+    );
     let done = stdout(&admin(&reg, &cfg, &["retention", "run"]));
     assert_eq!(dry, done, "the dry run must list exactly what the run removes");
     assert_eq!(tags(&c, &base, "ci/app").await, ["b1", "b3", "b4"]);
@@ -85,12 +97,21 @@ async fn retention_keeps_what_policies_pins_and_nodes_say() {
     // once the window has passed.
     report(&c, &base, "n1", &[("ci/app", &b[1])]).await;
     admin(&reg, &cfg, &["gc", "--grace", "0"]);
-    assert_eq!(manifest_status(&c, &base, "ci/app", &b[1]).await, StatusCode::OK, "{}", reg.log());
+    assert_eq!(
+        manifest_status(&c, &base, "ci/app", &b[1]).await,
+        StatusCode::OK,
+        "{}",
+        reg.log()
+    );
     tokio::time::sleep(Duration::from_millis(3200)).await;
     admin(&reg, &cfg, &["gc", "--grace", "0"]);
     assert_eq!(manifest_status(&c, &base, "ci/app", &b[1]).await, StatusCode::NOT_FOUND);
     // The hand-made pin holds until removed, tag or no tag.
-    let r = c.delete(format!("{base}/v2/ci/app/manifests/b1")).send().await.expect("DELETE");
+    let r = c
+        .delete(format!("{base}/v2/ci/app/manifests/b1"))
+        .send()
+        .await
+        .expect("DELETE");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     admin(&reg, &cfg, &["gc", "--grace", "0"]);
     assert_eq!(manifest_status(&c, &base, "ci/app", &b[0]).await, StatusCode::OK);

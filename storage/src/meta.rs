@@ -780,12 +780,13 @@ impl Meta {
             .map_err(Error::db("deleting a manifest"))?
             .ok_or_else(unknown)?;
         let d = digest.to_string();
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND manifest_digest = $2")
-            .bind(repo_id)
-            .bind(&d)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(Error::db("deleting a manifest"))?;
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND manifest_digest = $2")
+                .bind(repo_id)
+                .bind(&d)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::db("deleting a manifest"))?;
         if let Some(tag) = names.iter().find(|t| self.policy.immutable(repo, t)) {
             return Err(Error::ImmutableTag {
                 repo: repo.to_owned(),

@@ -51,17 +51,18 @@ pub(super) async fn report(
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
     {
-        return Err(invalid(
-            "node names are 1 to 128 letters, digits, '.', '_' or '-'",
-        ));
+        return Err(invalid("node names are 1 to 128 letters, digits, '.', '_' or '-'"));
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|e| invalid(format!("reading the report failed (at most {MAX_BODY} bytes): {e}")))?;
-    let report: Report =
-        serde_json::from_slice(&body).map_err(|e| invalid(format!("the report is not {{\"manifests\": [{{\"repository\", \"digest\"}}]}}: {e}")))?;
+    let report: Report = serde_json::from_slice(&body).map_err(|e| {
+        invalid(format!(
+            "the report is not {{\"manifests\": [{{\"repository\", \"digest\"}}]}}: {e}"
+        ))
+    })?;
     if report.manifests.len() > MAX_REPORTED {
         return Err(invalid(format!("a report names at most {MAX_REPORTED} manifests")));
     }

@@ -111,7 +111,7 @@ pub async fn push_image(c: &Client, base: &str, repo: &str, tag: &str, seed: u64
 
 pub async fn tags(c: &Client, base: &str, repo: &str) -> Vec<String> {
     let r = c.get(format!("{base}/v2/{repo}/tags/list")).send().await.expect("tags");
-    let v: serde_json::Value = r.json().await.expect("json");
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
     let mut t: Vec<String> = v["tags"]
         .as_array()
         .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())

@@ -138,12 +138,13 @@ impl Meta {
     pub(super) async fn quota_precheck(&self, tx: &mut Tx<'_>, repo: &str, digest: &str, size: u64) -> Result<()> {
         let op = "checking a quota";
         for q in self.policy.quotas(repo) {
-            let held: Option<i64> = sqlx::query_scalar("SELECT refs FROM quota_objects WHERE scope = $1 AND digest = $2")
-                .bind(&q.scope)
-                .bind(digest)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(e(op))?;
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT refs FROM quota_objects WHERE scope = $1 AND digest = $2")
+                    .bind(&q.scope)
+                    .bind(digest)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(e(op))?;
             if held.is_some() {
                 continue;
             }
@@ -217,7 +218,11 @@ impl Meta {
                 .entry(repo.clone())
                 .or_insert_with(|| self.policy.quotas(&repo).into_iter().map(|q| q.scope).collect());
             for s in scopes.iter() {
-                let entry = counted.entry(s.clone()).or_default().entry(digest.clone()).or_insert((size, 0));
+                let entry = counted
+                    .entry(s.clone())
+                    .or_default()
+                    .entry(digest.clone())
+                    .or_insert((size, 0));
                 entry.1 += 1;
             }
         }
