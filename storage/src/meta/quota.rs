@@ -259,3 +259,77 @@ impl Meta {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{Policy, Quota};
+    use berth_oci::Digest;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct TeamQuota;
+    impl Policy for TeamQuota {
+        fn quotas(&self, repo: &str) -> Vec<Quota> {
+            if repo.starts_with("team/") {
+                vec![Quota {
+                    scope: "team/**".into(),
+                    limit: 75,
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+        fn immutable(&self, _: &str, _: &str) -> bool {
+            false
+        }
+    }
+
+    /// Twenty concurrent links of distinct 10-byte blobs against a 75-byte limit: exactly
+    /// seven fit on every backend (PostgreSQL runs them truly in parallel), a shared blob
+    /// counts once, unlinking gives space back, and a recomputation agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_links_never_exceed_the_limit() {
+        for (name, meta) in crate::testing::metas().await {
+            let meta = meta.with_policy(Arc::new(TeamQuota));
+            let mut tasks = Vec::new();
+            for i in 0..20u32 {
+                let meta = meta.clone();
+                tasks.push(tokio::spawn(async move {
+                    let d = Digest::of(format!("blob {i}").as_bytes());
+                    meta.link_blob(&format!("team/r{}", i % 2), &d, 10).await.map(|_| d)
+                }));
+            }
+            let mut ok = Vec::new();
+            for t in tasks {
+                match t.await.expect("task") {
+                    Ok(d) => ok.push(d),
+                    Err(Error::QuotaExceeded { limit: 75, .. }) => {}
+                    Err(e) => panic!("{name}: {e}"),
+                }
+            }
+            assert_eq!(ok.len(), 7, "{name}");
+            let usage = meta.quota_usage().await.expect("usage");
+            assert_eq!(usage[0].bytes, 70, "{name}");
+            // Shared within the scope: counted once; outside it: not at all.
+            meta.link_blob("team/other", &ok[0], 10).await.expect("shared");
+            meta.link_blob("elsewhere", &Digest::of(b"x"), 1000)
+                .await
+                .expect("outside");
+            assert_eq!(meta.quota_usage().await.expect("usage")[0].bytes, 70, "{name}");
+            assert!(
+                meta.unlink_blob("team/r0", &ok[0]).await.expect("unlink")
+                    || meta.unlink_blob("team/r1", &ok[0]).await.expect("unlink")
+            );
+            assert_eq!(
+                meta.quota_usage().await.expect("usage")[0].bytes,
+                70,
+                "{name}: still held by team/other"
+            );
+            assert!(meta.unlink_blob("team/other", &ok[0]).await.expect("unlink"));
+            let stored = meta.quota_usage().await.expect("usage");
+            assert_eq!(stored[0].bytes, 60, "{name}");
+            assert_eq!(meta.quota_recompute().await.expect("recompute"), stored, "{name}");
+        }
+    }
+}
