@@ -46,6 +46,136 @@ pub struct Config {
     /// Garbage collection (the background task of `serve`, and the defaults of
     /// `berth-registry gc`).
     pub gc: GcConfig,
+    /// Storage quotas (`[[quotas]]`), see [`QuotaRule`].
+    pub quotas: Vec<QuotaRule>,
+    /// Immutable tags (`[[immutable]]`), see [`ImmutableRule`].
+    pub immutable: Vec<ImmutableRule>,
+    /// Retention policies (`[[retention]]`), see [`RetentionRule`].
+    pub retention: Vec<RetentionRule>,
+    /// When retention runs, how long node reports hold, how often pulls are recorded.
+    pub governance: GovernanceConfig,
+}
+
+/// A storage quota: the repositories matching `repos` together may hold at most `bytes`, each
+/// blob and manifest counted once however many of them hold it. Checked when a blob upload
+/// completes, when a blob is mounted and when a manifest is put; over the limit the request is
+/// refused with 403 `DENIED` naming the quota, its usage and its limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRule {
+    /// Repository globs (`*` within a component, `**` across): the quota's scope, and its name.
+    pub repos: Vec<String>,
+    /// The limit: a number of bytes or a size such as `500MiB`, `50GiB`, `2TB`.
+    pub bytes: ByteSize,
+}
+
+/// A size in bytes, written as a number or with a unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`,
+/// `GiB`, `TB`, `TiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_bytes(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses a size such as `1024`, `500MiB`, `50GiB` or `1.5GB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: use e.g. 1048576, 500MiB, 50GiB or 2TB");
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        "TB" => 1000 * 1000 * 1000 * 1000,
+        "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+/// Immutable tags: in repositories matching `repos`, a tag matching `tags` names its first
+/// manifest for good. A push that would move it, or a DELETE of it (or of its manifest), is
+/// refused with 403 `DENIED`; re-pushing the same manifest under it is fine. Retention leaves
+/// such tags alone (no need to lift immutability first), and what they name is never collected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableRule {
+    /// Repository globs.
+    pub repos: Vec<String>,
+    /// Tag globs (`*` wildcards), e.g. `v*`, `release-*`.
+    pub tags: Vec<String>,
+}
+
+/// A retention policy for the repositories matching `repos`, applied to their tags matching
+/// `tags`: a tag is kept if it is among the `keep_last` most recently pushed, or was pulled (or
+/// pushed) within `pulled_within`; otherwise its tag is removed (the manifest then goes with
+/// garbage collection). With neither set, tags are left alone. `untagged_after` removes
+/// manifests that have had no tag for that long. Immutable tags and manifests pinned by hand
+/// or in use on a node are always kept. When several policies cover a tag, it is kept if any
+/// of them keeps it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Repository globs.
+    pub repos: Vec<String>,
+    /// Tag globs; unset: every tag.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Keep this many most recently pushed tags (per repository).
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    /// Keep tags pulled within this long (e.g. `30d`); a tag never pulled counts from its push.
+    #[serde(default)]
+    pub pulled_within: Option<String>,
+    /// Remove manifests untagged for longer than this (e.g. `7d`).
+    #[serde(default)]
+    pub untagged_after: Option<String>,
+}
+
+/// Governance settings of `serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// Seconds between retention runs in the background of `serve` (when `[[retention]]`
+    /// policies exist); 0: only by `berth-registry retention run`.
+    pub retention_interval_secs: u64,
+    /// Seconds a node's report of the manifests its containers use protects them from
+    /// retention and garbage collection; nodes report at every `run` and `rm`.
+    pub node_report_window_secs: u64,
+    /// Seconds between writes of recorded pulls (batched, so pulls never wait on the database).
+    pub pull_flush_secs: u64,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig {
+            retention_interval_secs: 3600,
+            node_report_window_secs: 7 * 24 * 3600,
+            pull_flush_secs: 5,
+        }
+    }
 }
 
 /// Garbage collection settings.
@@ -347,6 +477,10 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             gc: GcConfig::default(),
+            quotas: Vec::new(),
+            immutable: Vec::new(),
+            retention: Vec::new(),
+            governance: GovernanceConfig::default(),
         }
     }
 }
@@ -416,6 +550,7 @@ impl Config {
             self.max_manifest_bytes >= 4 * 1024 * 1024,
             "max_manifest_bytes must be at least 4 MiB (4194304): the distribution spec requires registries to accept manifests that large"
         );
+        crate::governance::validate(self)?;
         Ok(())
     }
 }

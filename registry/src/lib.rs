@@ -14,7 +14,9 @@
 pub mod auth;
 pub mod config;
 pub mod gc;
+pub mod governance;
 pub mod http;
+pub mod retention;
 pub mod tls;
 
 pub use config::Config;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Who may do what.
     pub auth: Arc<auth::Auth>,
+    /// Pulls recorded for retention, written in batches (`serve` flushes them).
+    pub pulls: Arc<governance::PullLog>,
 }
 
 impl AppState {
@@ -56,6 +60,7 @@ impl AppState {
             meta,
             uploads,
             auth: Arc::new(auth),
+            pulls: Arc::default(),
         })
     }
 
@@ -97,6 +102,8 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<(BlobStore, Meta)> 
         "redirect.enabled needs storage that signs URLs (s3://, gs:// or az://); {url} cannot"
     );
     let meta = Meta::connect(&config.database_url()).await?;
+    // Quotas and immutable tags hold for every writer, `gc` and `retention` included.
+    let meta = governance::apply(config, meta);
     Ok((blobs, meta))
 }
 

@@ -87,6 +87,54 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Storage quotas (`[[quotas]]` in the config): usage per scope.
+    Quota {
+        #[command(subcommand)]
+        cmd: QuotaCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Retention policies (`[[retention]]` in the config).
+    Retention {
+        #[command(subcommand)]
+        cmd: RetentionCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Pin a manifest (REPO:TAG or REPO@DIGEST) so that retention and garbage collection keep
+    /// it and everything under it, in every repository; `--remove` lifts the pin, `--list`
+    /// shows every pin (by hand and by nodes).
+    Pin {
+        /// REPO:TAG or REPO@DIGEST (omit with --list).
+        reference: Option<String>,
+        /// Remove the pin instead.
+        #[arg(long)]
+        remove: bool,
+        /// List pins.
+        #[arg(long, conflicts_with_all = ["reference", "remove"])]
+        list: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCmd {
+    /// Show each quota's usage and limit.
+    Ls,
+    /// Recount usage from the stored links and manifests (after changing `[[quotas]]`; `serve`
+    /// also does it at start) and show it.
+    Recompute,
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// Apply the policies now: prints each tag and manifest removed, and why.
+    Run {
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +358,17 @@ async fn main() -> std::process::ExitCode {
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Some(Cmd::Quota { cmd, store }) => quota(cmd, store).await,
+        Some(Cmd::Retention {
+            cmd: RetentionCmd::Run { dry_run },
+            store,
+        }) => retention(store, dry_run).await,
+        Some(Cmd::Pin {
+            reference,
+            remove,
+            list,
+            store,
+        }) => pin(store, reference, remove, list).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -383,6 +442,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::open(config).await?;
     let _gc = berth_registry::gc::spawn(&state.config.gc, state.meta.clone(), state.blobs.clone());
+    if !state.config.quotas.is_empty() {
+        // Picks up a change of `[[quotas]]` since the last start.
+        state.meta.quota_recompute().await.context("recomputing quota usage")?;
+    }
+    let _pulls = state.pulls.spawn(
+        state.meta.clone(),
+        Duration::from_secs(state.config.governance.pull_flush_secs),
+    );
+    let _retention = berth_registry::retention::spawn(
+        state.config.retention.clone(),
+        Duration::from_secs(state.config.governance.retention_interval_secs),
+        state.meta.clone(),
+        std::sync::Arc::new(berth_registry::governance::Governance::new(&state.config)),
+    );
+    let (pulls, meta) = (state.pulls.clone(), state.meta.clone());
     let listener = std::net::TcpListener::bind(listen).with_context(|| {
         format!("cannot listen on {listen}: is another registry running? pick another with --listen")
     })?;
@@ -416,6 +490,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!("grace period over: exiting with requests still in flight"),
+    }
+    if let Err(e) = pulls.flush(&meta).await {
+        tracing::warn!(error = %e, "recording the last pulls failed");
     }
     tracing::info!("stopped");
     Ok(())
@@ -468,6 +545,102 @@ async fn scrub(store: StoreArgs, repair: bool, repo: Option<String>, json: bool)
         println!("{report}");
     }
     Ok(report.problems.is_empty())
+}
+
+async fn quota(cmd: QuotaCmd, store: StoreArgs) -> anyhow::Result<()> {
+    let config = store.config()?;
+    config.validate()?;
+    let (_, meta) = berth_registry::open_storage(&config).await?;
+    let usage = match cmd {
+        QuotaCmd::Ls => meta.quota_usage().await?,
+        QuotaCmd::Recompute => meta.quota_recompute().await?,
+    };
+    let gov = berth_registry::governance::Governance::new(&config);
+    println!(
+        "{:<40} {:>16} {:>16} {:>8} {:>8}",
+        "QUOTA", "USED", "LIMIT", "USE%", "OBJECTS"
+    );
+    for (scope, limit) in gov.scopes() {
+        let u = usage.iter().find(|u| u.scope == scope);
+        let (bytes, objects) = u.map_or((0, 0), |u| (u.bytes, u.objects));
+        let pct = if limit == 0 {
+            100.0
+        } else {
+            bytes as f64 * 100.0 / limit as f64
+        };
+        println!("{scope:<40} {bytes:>16} {limit:>16} {pct:>7.1}% {objects:>8}");
+    }
+    Ok(())
+}
+
+async fn retention(store: StoreArgs, dry_run: bool) -> anyhow::Result<()> {
+    use berth_registry::retention;
+    let config = store.config()?;
+    config.validate()?;
+    anyhow::ensure!(
+        !config.retention.is_empty(),
+        "no [[retention]] policies in the configuration (pass --config FILE)"
+    );
+    let (_, meta) = berth_registry::open_storage(&config).await?;
+    let gov = berth_registry::governance::Governance::new(&config);
+    let plan = retention::plan(&meta, &config.retention, &gov, retention::now_ms()).await?;
+    if dry_run {
+        for r in &plan {
+            println!("{r}");
+        }
+        eprintln!("retention dry run: would remove {} (nothing removed)", plan.len());
+        return Ok(());
+    }
+    let (done, kept) = retention::execute(&meta, plan).await?;
+    for r in &done {
+        println!("{r}");
+    }
+    eprintln!("retention: removed {}, kept {kept} on re-check", done.len());
+    Ok(())
+}
+
+async fn pin(store: StoreArgs, reference: Option<String>, remove: bool, list: bool) -> anyhow::Result<()> {
+    let config = store.config()?;
+    let (_, meta) = berth_registry::open_storage(&config).await?;
+    if list {
+        let now = berth_registry::retention::now_ms();
+        for p in meta.pins().await? {
+            let state = match p.expires_at {
+                None => "until removed".to_owned(),
+                Some(t) if t > now => format!("for {} s more", (t - now) / 1000),
+                Some(_) => "expired".to_owned(),
+            };
+            println!("{} {} {} {state}", p.digest, p.holder, p.repo.as_deref().unwrap_or("-"));
+        }
+        return Ok(());
+    }
+    let reference = reference.context("give REPO:TAG or REPO@DIGEST (or --list)")?;
+    let (repo, r) = match reference.split_once('@') {
+        Some((repo, d)) => (repo, d),
+        None => reference
+            .rsplit_once(':')
+            .filter(|(repo, tag)| !tag.contains('/') && !repo.is_empty())
+            .context("give REPO:TAG or REPO@DIGEST")?,
+    };
+    berth_oci::validate_repository(repo)?;
+    let digest: berth_oci::Digest = if r.contains(':') {
+        r.parse()?
+    } else {
+        meta.get_manifest(repo, berth_storage::meta::Reference::Tag(r), false)
+            .await?
+            .digest
+    };
+    let d = digest.to_string();
+    if remove {
+        anyhow::ensure!(meta.unpin(&d, "pin").await?, "{d} was not pinned");
+        println!("unpinned {repo}@{d}");
+    } else {
+        meta.get_manifest(repo, berth_storage::meta::Reference::Digest(&digest), false)
+            .await?;
+        meta.pin(&d, "pin", Some(repo), None).await?;
+        println!("pinned {repo}@{d}");
+    }
+    Ok(())
 }
 
 async fn gc(

@@ -114,6 +114,30 @@ pub enum Error {
         /// What, with its name.
         what: String,
     },
+    /// Storing this would take a quota scope over its limit; nothing of it was stored.
+    #[error(
+        "quota {quota} exceeded: it holds {usage} of {limit} bytes and this needs {adding} more; delete images under it or ask for a larger quota"
+    )]
+    QuotaExceeded {
+        /// The scope's name (its repository globs).
+        quota: String,
+        /// Bytes the scope holds.
+        usage: u64,
+        /// Its limit.
+        limit: u64,
+        /// Bytes the refused request would have added.
+        adding: u64,
+    },
+    /// The tag is immutable and names a manifest already: it may not move or be deleted.
+    #[error("tag {tag} of {repo} is immutable and names {digest}: push under a new tag instead")]
+    ImmutableTag {
+        /// The repository.
+        repo: String,
+        /// The tag.
+        tag: String,
+        /// The manifest it names.
+        digest: String,
+    },
     /// Stored metadata is not what this version wrote.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

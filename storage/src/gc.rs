@@ -2,7 +2,8 @@
 //! replica at once.
 //!
 //! # What is garbage
-//! - A manifest is **kept** if a tag names it, if it was pushed or referenced within the grace
+//! - A manifest is **kept** if a tag names it, if it is pinned (by hand or by a node that runs
+//!   it: `meta/pins.rs`), if it was pushed or referenced within the grace
 //!   period, if a kept index lists it, or if its subject is a kept manifest (referrers live as
 //!   long as what they refer to). Every other manifest is swept.
 //! - A repository's link to a blob is kept if a kept manifest of the repository references the
@@ -136,7 +137,7 @@ pub fn plan(g: &GcGraph, cutoff: i64) -> Plan {
         .chain(
             g.manifests
                 .iter()
-                .filter(|m| m.last_referenced >= cutoff)
+                .filter(|m| m.last_referenced >= cutoff || g.pins.contains(&m.digest))
                 .map(|m| (m.repo_id, m.digest.clone())),
         )
         .filter(|k| manifests.contains_key(k))

@@ -20,9 +20,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod auth;
 mod gc;
+mod pins;
+mod policy;
+mod quota;
+mod retention;
 mod scrub;
 pub use auth::LoginFailures;
 pub use gc::{GcBlob, GcGraph, GcLink, GcManifest};
+pub use pins::Pin;
+pub use policy::{NoPolicy, Policy, Quota};
+pub use quota::QuotaUsage;
+pub use retention::RetentionTag;
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
@@ -80,6 +88,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 "shared auth",
                 include_str!("../../migrations/sqlite/0005_shared_auth.sql"),
             ),
+            m(
+                8,
+                "governance",
+                include_str!("../../migrations/sqlite/0008_governance.sql"),
+            ),
         ],
         Dialect::Postgres => vec![
             m(1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -94,6 +107,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 5,
                 "shared auth",
                 include_str!("../../migrations/postgres/0005_shared_auth.sql"),
+            ),
+            m(
+                8,
+                "governance",
+                include_str!("../../migrations/postgres/0008_governance.sql"),
             ),
         ],
     };
@@ -223,6 +241,8 @@ pub struct Meta {
     read: AnyPool,
     write: AnyPool,
     dialect: Dialect,
+    /// Quotas and immutable tags in force ([`Meta::with_policy`]).
+    policy: std::sync::Arc<dyn Policy>,
 }
 
 impl Meta {
@@ -279,6 +299,7 @@ impl Meta {
             read,
             write: pool,
             dialect,
+            policy: std::sync::Arc::new(NoPolicy),
         })
     }
 
@@ -369,7 +390,9 @@ impl Meta {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         Self::touch_blob(&mut tx, digest, size).await?;
-        Self::link(&mut tx, repo_id, digest).await?;
+        if Self::link(&mut tx, repo_id, digest).await? {
+            self.quota_add(&mut tx, repo, &digest.to_string(), size).await?;
+        }
         tx.commit().await.map_err(Error::db("recording a blob"))
     }
 
@@ -395,6 +418,12 @@ impl Meta {
             return Ok(false);
         }
         Self::touch_blob(&mut tx, digest, size).await?;
+        let repo: String = sqlx::query_scalar("SELECT repo FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db("committing an upload"))?;
+        self.quota_precheck(&mut tx, &repo, &digest.to_string(), size).await?;
         tx.commit().await.map_err(Error::db("committing an upload"))?;
         Ok(true)
     }
@@ -405,7 +434,9 @@ impl Meta {
         let mut tx = self.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         Self::touch_blob(&mut tx, digest, size).await?;
-        Self::link(&mut tx, repo_id, digest).await?;
+        if Self::link(&mut tx, repo_id, digest).await? {
+            self.quota_add(&mut tx, repo, &digest.to_string(), size).await?;
+        }
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -414,10 +445,12 @@ impl Meta {
         tx.commit().await.map_err(Error::db("committing an upload"))
     }
 
-    async fn link(tx: &mut Tx<'_>, repo_id: i64, digest: &Digest) -> Result<()> {
-        sqlx::query(
+    /// Links (or touches the link of) a blob into a repository; returns whether the link is
+    /// new (quotas count it then).
+    async fn link(tx: &mut Tx<'_>, repo_id: i64, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query(
             "INSERT INTO repo_blobs (repo_id, digest, created_at, last_referenced) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (repo_id, digest) DO UPDATE SET last_referenced = excluded.last_referenced",
+             ON CONFLICT (repo_id, digest) DO NOTHING",
         )
         .bind(repo_id)
         .bind(digest.to_string())
@@ -426,7 +459,17 @@ impl Meta {
         .execute(&mut **tx)
         .await
         .map_err(Error::db("linking a blob"))?;
-        Ok(())
+        if r.rows_affected() == 1 {
+            return Ok(true);
+        }
+        sqlx::query("UPDATE repo_blobs SET last_referenced = $1 WHERE repo_id = $2 AND digest = $3")
+            .bind(now_ms())
+            .bind(repo_id)
+            .bind(digest.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db("linking a blob"))?;
+        Ok(false)
     }
 
     /// Links into `repo` a blob that `from` links (cross-repository mount). Returns the size,
@@ -466,7 +509,10 @@ impl Meta {
             return Ok(None);
         }
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        Self::link(&mut tx, repo_id, digest).await?;
+        if Self::link(&mut tx, repo_id, digest).await? {
+            self.quota_add(&mut tx, repo, &digest.to_string(), to_u64(size, "blob size")?)
+                .await?;
+        }
         tx.commit().await.map_err(Error::db("mounting a blob"))?;
         Ok(Some(to_u64(size, "blob size")?))
     }
@@ -474,15 +520,21 @@ impl Meta {
     /// Removes `repo`'s link to a blob. The bytes stay until garbage collection finds no
     /// reference, so a concurrent push that relies on them is not broken.
     pub async fn unlink_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let mut tx = self.begin().await?;
         let r = sqlx::query(
             "DELETE FROM repo_blobs WHERE digest = $1 AND repo_id = (SELECT id FROM repositories WHERE name = $2)",
         )
         .bind(digest.to_string())
         .bind(repo)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(Error::db("unlinking a blob"))?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.quota_remove(&mut tx, repo, &digest.to_string()).await?;
+        tx.commit().await.map_err(Error::db("unlinking a blob"))?;
+        Ok(true)
     }
 
     // ---- manifests ---------------------------------------------------------------------
@@ -542,10 +594,10 @@ impl Meta {
             Some(a) => Some(serde_json::to_string(a).map_err(|e| Error::Corrupt(e.to_string()))?),
             None => None,
         };
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at, last_referenced) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repo_id, digest) DO UPDATE SET last_referenced = excluded.last_referenced",
+             ON CONFLICT (repo_id, digest) DO NOTHING",
         )
         .bind(repo_id)
         .bind(digest.to_string())
@@ -559,6 +611,18 @@ impl Meta {
         .execute(&mut *tx)
         .await
         .map_err(Error::db("storing a manifest"))?;
+        if inserted.rows_affected() == 1 {
+            self.quota_add(&mut tx, repo, &digest.to_string(), content.len() as u64)
+                .await?;
+        } else {
+            sqlx::query("UPDATE manifests SET last_referenced = $1 WHERE repo_id = $2 AND digest = $3")
+                .bind(now_ms)
+                .bind(repo_id)
+                .bind(digest.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("storing a manifest"))?;
+        }
         for child in parsed.blobs.iter().chain(&parsed.manifests) {
             sqlx::query(
                 "INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest) VALUES ($1, $2, $3) \
@@ -571,7 +635,9 @@ impl Meta {
             .await
             .map_err(Error::db("storing manifest references"))?;
         }
-        if let Some(tag) = tag {
+        if let Some(tag) = tag.filter(|t| self.policy.immutable(repo, t)) {
+            Self::claim_immutable(&mut tx, repo, repo_id, tag, digest, now).await?;
+        } else if let Some(tag) = tag {
             Self::touch_tagged(&mut tx, repo_id, tag, now_ms).await?;
             sqlx::query(
                 "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
@@ -602,6 +668,45 @@ impl Meta {
         .execute(&mut **tx)
         .await
         .map_err(Error::db("moving a tag"))?;
+        Ok(())
+    }
+
+    /// Points immutable `tag` at `digest` if it names nothing yet; fails with
+    /// [`Error::ImmutableTag`] if it names another manifest. An insert that does nothing on
+    /// conflict, then a read: of two pushes racing to create the tag, the second waits for the
+    /// first's row and then sees it, so an immutable tag is set exactly once.
+    async fn claim_immutable(
+        tx: &mut Tx<'_>,
+        repo: &str,
+        repo_id: i64,
+        tag: &str,
+        digest: &Digest,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo_id, name) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(tag)
+        .bind(digest.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db("tagging a manifest"))?;
+        let current: String = sqlx::query_scalar("SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name = $2")
+            .bind(repo_id)
+            .bind(tag)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(Error::db("tagging a manifest"))?;
+        if current != digest.to_string() {
+            return Err(Error::ImmutableTag {
+                repo: repo.to_owned(),
+                tag: tag.to_owned(),
+                digest: current,
+            });
+        }
         Ok(())
     }
 
@@ -678,6 +783,20 @@ impl Meta {
             .map_err(Error::db("deleting a manifest"))?
             .ok_or_else(unknown)?;
         let d = digest.to_string();
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tags WHERE repo_id = $1 AND manifest_digest = $2")
+                .bind(repo_id)
+                .bind(&d)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::db("deleting a manifest"))?;
+        if let Some(tag) = names.iter().find(|t| self.policy.immutable(repo, t)) {
+            return Err(Error::ImmutableTag {
+                repo: repo.to_owned(),
+                tag: tag.clone(),
+                digest: d,
+            });
+        }
         let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(&d)
@@ -698,6 +817,7 @@ impl Meta {
                 .await
                 .map_err(Error::db("deleting a manifest"))?;
         }
+        self.quota_remove(&mut tx, repo, &d).await?;
         tx.commit().await.map_err(Error::db("deleting a manifest"))
     }
 
@@ -715,6 +835,21 @@ impl Meta {
             .await
             .map_err(Error::db("deleting a tag"))?
             .ok_or_else(unknown)?;
+        if self.policy.immutable(repo, tag) {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT manifest_digest FROM tags WHERE repo_id = $1 AND name = $2")
+                    .bind(repo_id)
+                    .bind(tag)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Error::db("deleting a tag"))?;
+            let digest = current.ok_or_else(unknown)?;
+            return Err(Error::ImmutableTag {
+                repo: repo.to_owned(),
+                tag: tag.to_owned(),
+                digest,
+            });
+        }
         Self::touch_tagged(&mut tx, repo_id, tag, now_ms()).await?;
         let r = sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
             .bind(repo_id)

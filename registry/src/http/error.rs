@@ -203,6 +203,13 @@ impl From<StoreError> for AppError {
             StoreError::ManifestBlobUnknown { digest, .. } => {
                 Self::new(Code::ManifestBlobUnknown, msg).detail(serde_json::json!({ "digest": digest }))
             }
+            StoreError::QuotaExceeded {
+                quota, usage, limit, ..
+            } => Self::new(Code::Denied, msg)
+                .detail(serde_json::json!({ "quota": quota, "usage": usage, "limit": limit })),
+            StoreError::ImmutableTag { tag, digest, .. } => {
+                Self::new(Code::Denied, msg).detail(serde_json::json!({ "tag": tag, "digest": digest }))
+            }
             StoreError::Body { .. } => Self::new(Code::BlobUploadInvalid, msg),
             StoreError::UploadDamaged { .. } => {
                 tracing::error!(error = %msg, "damaged upload");

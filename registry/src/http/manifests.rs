@@ -46,6 +46,9 @@ pub(super) async fn get(state: &AppState, name: &str, reference: &str, head: boo
         )
     })?;
     let m = state.meta.get_manifest(name, r.as_ref(), !head).await?;
+    if !head {
+        state.pulls.record(name, &m.digest.to_string());
+    }
     let body = match m.content {
         Some(c) if !head => Body::from(c),
         _ => Body::empty(),

@@ -4,6 +4,7 @@
 //! [`parse_route`] reads the path from its end (the resource keyword is always the second- or
 //! third-to-last segment) and handlers receive an already validated name.
 
+mod berth;
 mod blobs;
 mod body;
 mod catalog;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/token", get(token::get).post(token::post))
+        .route("/berth/v1/nodes/{node}/in-use", axum::routing::put(berth::report))
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*path}", any(dispatch))

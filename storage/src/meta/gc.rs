@@ -76,6 +76,9 @@ pub struct GcGraph {
     pub blobs: Vec<GcBlob>,
     /// (session id, digest it is being committed as) of every open upload session.
     pub uploads: Vec<(String, Option<String>)>,
+    /// Manifest digests pinned at the time of the read (by hand or by a node's report): roots
+    /// of the mark in every repository.
+    pub pins: std::collections::HashSet<String>,
 }
 
 fn e(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
@@ -169,6 +172,14 @@ impl Meta {
             g.uploads
                 .push((r.try_get(0).map_err(e(op))?, r.try_get(1).map_err(e(op))?));
         }
+        for r in sqlx::query("SELECT digest FROM pins WHERE expires_at IS NULL OR expires_at > $1")
+            .bind(super::now_ms())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(e(op))?
+        {
+            g.pins.insert(r.try_get(0).map_err(e(op))?);
+        }
         tx.commit().await.map_err(e(op))?;
         Ok(g)
     }
@@ -198,18 +209,23 @@ impl Meta {
             digest,
         )
         .await?;
-        let r = sqlx::query(
+        // A pinned manifest (by hand, or in use on a node) is kept like a tagged one.
+        let sql = format!(
             "DELETE FROM manifests WHERE repo_id = $1 AND digest = $2 AND last_referenced < $3 \
              AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = $1 AND t.manifest_digest = $2) \
              AND NOT EXISTS (SELECT 1 FROM manifest_refs p WHERE p.repo_id = $1 AND p.child_digest = $2) \
-             AND NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repo_id = manifests.repo_id AND s.digest = manifests.subject)",
-        )
-        .bind(repo_id)
-        .bind(digest)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(e(op))?;
+             AND NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repo_id = manifests.repo_id AND s.digest = manifests.subject) \
+             AND NOT {}",
+            super::pins::pinned_sql("$2", "$4")
+        );
+        let r = sqlx::query(&sql)
+            .bind(repo_id)
+            .bind(digest)
+            .bind(cutoff)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(e(op))?;
         if r.rows_affected() == 0 {
             return Ok(false);
         }
@@ -219,6 +235,7 @@ impl Meta {
             .execute(&mut *tx)
             .await
             .map_err(e(op))?;
+        self.quota_remove_by_id(&mut tx, repo_id, digest).await?;
         tx.commit().await.map_err(e(op))?;
         Ok(true)
     }
@@ -248,6 +265,7 @@ impl Meta {
         if r.rows_affected() == 0 {
             return Ok(false);
         }
+        self.quota_remove_by_id(&mut tx, repo_id, digest).await?;
         tx.commit().await.map_err(e(op))?;
         Ok(true)
     }
