@@ -342,10 +342,12 @@ impl Transport {
                 Err(e)
                     if attempt < self.retries
                         && (e.is_connect() || e.is_timeout() || e.is_request())
-                        && !matches!(
+                        // Causes a retry cannot change are told at once; but a request that
+                        // raced a loopback fallback to plain HTTP retries on the new scheme.
+                        && (!matches!(
                             classify(&e, used_https),
                             Failure::Dns | Failure::TlsToPlain | Failure::PlainToTls | Failure::Certificate
-                        ) =>
+                        ) || (used_https && !self.base().starts_with("https://"))) =>
                 {
                     tracing::debug!(error = %e, attempt, "retrying");
                     tokio::time::sleep(backoff(attempt)).await;

@@ -109,6 +109,7 @@ fn delete_by_tag_keeps_the_sibling_tag_and_the_index_and_by_digest_refuses_witho
     // A manifest nothing refers to goes without --force.
     berth.json(&["push", src, &format!("{repo}:2"), "--tag", "1"]);
     berth.json(&["delete", &format!("{repo}:2")]);
+    berth.json(&["delete", &format!("{repo}:multi")]);
     let out = berth.ok(&["delete", &by_digest]);
     assert!(
         stdout(&out).contains(&format!("deleted the manifest {by_digest}")),
