@@ -741,7 +741,7 @@ async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
                 // not at all, and the error says so.
                 let entry = line
                     .split_once(':')
-                    .with_context(|| format!("expected NAME:HASH"))
+                    .context("expected NAME:HASH")
                     .and_then(|(name, hash)| {
                         anyhow::ensure!(
                             ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)),
