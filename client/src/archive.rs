@@ -23,6 +23,16 @@ struct Entry {
     layers: Vec<String>,
 }
 
+/// Whether `path` is a tar archive (the `ustar` magic of its first header), as a `docker save`
+/// archive is: enough to suggest `--docker-archive` when one is given where a layout
+/// directory is expected, without reading a file of gigabytes.
+pub fn looks_like_tar(path: &Path) -> bool {
+    let mut header = [0u8; 512];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header[257..262] == b"ustar")
+}
+
 /// Copies an entry of the archive into the layout's blob store, hashing on the way.
 fn ingest(layout: &Layout, mut r: impl Read, what: &str) -> Result<(Digest, u64)> {
     let tmp_dir = layout.blob_path(&Digest::empty());

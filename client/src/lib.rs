@@ -7,6 +7,7 @@
 //! - [`registry`]: the distribution API per repository: manifests, resumable blob transfer,
 //!   mounts, tags, catalog.
 //! - [`layout`]: OCI image layouts on disk.
+//! - [`locations`]: which repository of a registry has a blob, so pushes mount it.
 //! - [`archive`]: docker's `docker save` archives, to and from OCI layouts.
 //! - [`transfer`]: push, pull and copy of whole images, layers in parallel.
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod credentials;
 mod error;
 pub mod layout;
+pub mod locations;
 pub mod reference;
 pub mod registry;
 pub mod transfer;

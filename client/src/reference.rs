@@ -159,7 +159,7 @@ fn domain_component_ok(c: &str) -> bool {
 
 /// Splits `host[:port]` (host possibly a bracketed IPv6 literal) into host and port; `None` when the
 /// brackets are unbalanced.
-fn split_host_port(registry: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn split_host_port(registry: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = registry.strip_prefix('[') {
         let (addr, after) = rest.split_once(']')?;
         let port = match after {

@@ -29,6 +29,35 @@ pub struct Manifest {
     pub digest: Digest,
 }
 
+/// What refers to a manifest within its repository (see [`Repo::holders`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Tags that point at it.
+    pub tags: Vec<String>,
+    /// Tagged indexes that list it: the tag and the index's digest.
+    pub indexes: Vec<(String, Digest)>,
+}
+
+impl Holders {
+    /// Nothing refers to it.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.indexes.is_empty()
+    }
+}
+
+impl std::fmt::Display for Holders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.tags.is_empty() {
+            parts.push(format!("tagged {}", self.tags.join(", ")));
+        }
+        for (tag, d) in &self.indexes {
+            parts.push(format!("listed by the index {d} (tag {tag})"));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// How a blob reached the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uploaded {
@@ -312,6 +341,57 @@ impl Repo {
         Ok(())
     }
 
+    /// Deletes a tag; the manifest it points at stays (with its other tags, and in any index
+    /// that lists it). The registry must support tag deletion (distribution 2.x does not).
+    pub async fn delete_tag(&self, tag: &str) -> Result<()> {
+        let path = format!("/v2/{}/manifests/{tag}", self.name);
+        let scope = format!("repository:{}:delete", self.name);
+        let r = self
+            .t
+            .send(Method::DELETE, &path, &scope, HeaderMap::new(), None)
+            .await?;
+        if r.status() != StatusCode::ACCEPTED && r.status() != StatusCode::OK {
+            return Err(self.t.fail(r).await);
+        }
+        Ok(())
+    }
+
+    /// What in this repository still refers to manifest `digest`, as far as tags show: the
+    /// tags that point at it, and the tagged indexes that list it. Deleting it by digest takes
+    /// those tags with it and leaves those indexes broken (a pull of that platform fails once
+    /// the collector has run).
+    pub async fn holders(&self, digest: &Digest) -> Result<Holders> {
+        let tags = self.tags().await?;
+        let found = futures::stream::iter(tags.into_iter().map(|tag| async move {
+            let m = self.manifest(&tag).await?;
+            let listed = if media::is_index(&m.media_type) && &m.digest != digest {
+                berth_oci::manifest::parse(&m.bytes, Some(&m.media_type))
+                    .map(|p| p.manifests.iter().any(|c| &c.digest == digest))
+                    .unwrap_or(false)
+            } else {
+                false
+            };
+            Ok::<_, Error>((tag, m.digest, listed))
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+        let mut holders = Holders::default();
+        for r in found {
+            match r {
+                Ok((tag, d, _)) if &d == digest => holders.tags.push(tag),
+                Ok((tag, d, true)) => holders.indexes.push((tag, d)),
+                Ok(_) => {}
+                // A tag deleted meanwhile refers to nothing.
+                Err(Error::Registry { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        holders.tags.sort();
+        holders.indexes.sort();
+        Ok(holders)
+    }
+
     /// All tags, following `Link` pages.
     pub async fn tags(&self) -> Result<Vec<String>> {
         let first = format!("/v2/{}/tags/list?n=1000", self.name);
@@ -501,8 +581,8 @@ impl Repo {
         mount_from: Option<&str>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Uploaded> {
+        // Existing and mounted blobs report no progress: no bytes moved.
         if self.blob_size(d).await?.is_some() {
-            progress(size);
             return Ok(Uploaded::Existed);
         }
         let start = match mount_from {
@@ -518,7 +598,6 @@ impl Repo {
             .send(Method::POST, &start, &scope, HeaderMap::new(), None)
             .await?;
         if r.status() == StatusCode::CREATED && mount_from.is_some() {
-            progress(size);
             return Ok(Uploaded::Mounted);
         }
         if r.status() != StatusCode::ACCEPTED {

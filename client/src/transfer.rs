@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::locations::Locations;
 use crate::registry::{Durability, Repo, Uploaded};
 use berth_oci::{manifest, media, Descriptor, Digest};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -77,6 +78,15 @@ impl Reporter {
         if self.show == Show::Lines {
             eprintln!("{verb} {d} ({size} bytes)");
         }
+    }
+
+    /// A blob that needed no bytes moved (it existed, or was mounted): its bar completes, and
+    /// the total shrinks by its size instead of growing, so the rate shown is of bytes that
+    /// really moved (a push that sends nothing shows 0 B, not the image's size in no time).
+    fn skipped(&self, bar: &ProgressBar, size: u64) {
+        bar.set_position(size);
+        let total = self.total.length().unwrap_or(0);
+        self.total.set_length(total.saturating_sub(size));
     }
 
     fn finish(&self) {
@@ -204,12 +214,25 @@ pub async fn push(
             ));
         }
     }
-    let counts = move_blobs(&tree.blobs, jobs, show, "pushed", |b, tick| async move {
-        dst.upload(&b.digest, b.size, &layout.blob_path(&b.digest), None, &|n| tick.add(n))
-            .await
+    // Blobs this registry has in another repository are mounted from there, not sent again.
+    let locations = Locations::load();
+    let counts = move_blobs(&tree.blobs, jobs, show, "pushed", |b, tick| {
+        let from = locations.find(&dst.t.registry, &b.digest, &dst.name);
+        async move {
+            dst.upload(&b.digest, b.size, &layout.blob_path(&b.digest), from, &|n| tick.add(n))
+                .await
+        }
     })
     .await?;
-    put_manifests(&tree, dst, dst_ref, counts).await
+    let summary = put_manifests(&tree, dst, dst_ref, counts).await?;
+    remember(locations, dst, &tree);
+    Ok(summary)
+}
+
+/// Records that `repo` now has the tree's blobs (see [`Locations`]).
+fn remember(mut locations: Locations, repo: &Repo, tree: &Tree) {
+    locations.record(&repo.t.registry, &repo.name, tree.blobs.iter().map(|b| &b.digest));
+    locations.save();
 }
 
 /// Progress of one blob: its bar and the total.
@@ -267,8 +290,7 @@ where
                 }
             };
             if verb != sent_verb {
-                // Nothing moved: the bars still reach the end.
-                tick.add(b.size.saturating_sub(bar.position()));
+                rep.skipped(&bar, b.size);
             }
             rep.done(verb, &b.digest, b.size, &bar);
             Ok::<_, Error>(())
@@ -354,7 +376,7 @@ pub async fn pull(
                 rep.total.inc(n);
             };
             if layout.has_verified_blob(&b.digest, b.size).await? {
-                tick(b.size);
+                rep.skipped(&bar, b.size);
                 rep.done("exists", &b.digest, b.size, &bar);
                 return Ok(());
             }
@@ -396,6 +418,7 @@ pub async fn pull(
     }
     let (root, _) = top(&tree);
     layout.set_tag(root, tag)?;
+    remember(Locations::load(), src, &tree);
     let transferred = sent.into_inner();
     Ok(Summary {
         digest: root.digest.to_string(),
@@ -446,7 +469,9 @@ pub async fn copy(
         Ok(Uploaded::Sent)
     })
     .await?;
-    put_manifests(&tree, dst, dst_ref, counts).await
+    let summary = put_manifests(&tree, dst, dst_ref, counts).await?;
+    remember(Locations::load(), dst, &tree);
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -86,6 +86,15 @@ fn error_of(registry: &str, status: StatusCode, body: &[u8]) -> Error {
             line.chars().take(200).collect()
         }
     });
+    if status == StatusCode::BAD_REQUEST && String::from_utf8_lossy(body).contains("HTTP request to an HTTPS server") {
+        return Error::Registry {
+            registry: registry.to_owned(),
+            status: status.as_u16(),
+            code: "HTTPS_REQUIRED".into(),
+            message: "the registry speaks HTTPS on this port, not plain HTTP".into(),
+            hint: " (drop --plain-http)".into(),
+        };
+    }
     let hint = match status {
         StatusCode::UNAUTHORIZED => format!(" (run `berth login {registry}`)"),
         StatusCode::FORBIDDEN => " (the account lacks this access; ask the registry's admin)".to_owned(),
@@ -183,7 +192,10 @@ impl Transport {
         })?;
         let net = |e: reqwest::Error| Error::Network {
             registry: self.registry.clone(),
-            message: format!("token request to {realm} failed: {e}"),
+            message: format!(
+                "token request to {realm} failed: {}",
+                describe(&self.registry, &e, realm.starts_with("https://"))
+            ),
         };
         let service = params.get("service").cloned().unwrap_or_default();
         let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
@@ -310,12 +322,10 @@ impl Transport {
                 Err(e) if is_certificate_error(&e) => {
                     return Err(Error::Network {
                         registry: self.registry.clone(),
-                        message: format!(
-                            "{e:#}: the registry's TLS certificate is not trusted; add its CA to the system store, or pass --insecure"
-                        ),
+                        message: describe(&self.registry, &e, used_https),
                     })
                 }
-                                Err(e)
+                Err(e)
                     if (e.is_connect() || e.is_timeout())
                         && used_https
                         && !self.scheme_fixed
@@ -329,15 +339,25 @@ impl Transport {
                     }
                     attempt = 0;
                 }
-                Err(e) if attempt < self.retries && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                Err(e)
+                    if attempt < self.retries
+                        && (e.is_connect() || e.is_timeout() || e.is_request())
+                        // Causes a retry cannot change are told at once; but a request that
+                        // raced a loopback fallback to plain HTTP retries on the new scheme.
+                        && (!matches!(
+                            classify(&e, used_https),
+                            Failure::Dns | Failure::TlsToPlain | Failure::PlainToTls | Failure::Certificate
+                        ) || (used_https && !self.base().starts_with("https://"))) =>
+                {
                     tracing::debug!(error = %e, attempt, "retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => {
+                    tracing::debug!(error = ?e, "{method} {path} failed");
                     return Err(Error::Network {
                         registry: self.registry.clone(),
-                        message: format!("{method} {path}: {e}"),
-                    })
+                        message: describe(&self.registry, &e, used_https),
+                    });
                 }
             }
         }
@@ -358,6 +378,124 @@ fn origin(url: &str) -> &str {
         Some(i) => &url[..after + i],
         None => url,
     }
+}
+
+/// Why a request got no answer, as a category: each is told to the user in its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The host name does not resolve.
+    Dns,
+    /// Nothing listens on the port (connection refused).
+    Refused,
+    /// TLS was spoken to a port that answers plain HTTP.
+    TlsToPlain,
+    /// Plain HTTP was spoken to a port that speaks TLS (the server dropped the connection).
+    PlainToTls,
+    /// The server's certificate is not trusted.
+    Certificate,
+    /// No answer in time.
+    Timeout,
+    /// Anything else (a reset connection, a proxy error…).
+    Other,
+}
+
+/// The texts of an error and its sources, lowercased, for matching.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> (String, Option<std::io::ErrorKind>) {
+    let mut text = String::new();
+    let mut kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        text.push_str(&s.to_string().to_ascii_lowercase());
+        text.push('\n');
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            kind = kind.or(Some(io.kind()));
+        }
+        source = s.source();
+    }
+    (text, kind)
+}
+
+/// Classifies a failed request; `https` says which scheme it used. A library function so that
+/// every frontend (`berth`, the node's pulls) names causes the same way.
+pub fn classify(e: &reqwest::Error, https: bool) -> Failure {
+    let (text, kind) = chain_text(e);
+    if text.contains("dns error")
+        || text.contains("failed to lookup address")
+        || text.contains("name or service not known")
+    {
+        Failure::Dns
+    } else if kind == Some(std::io::ErrorKind::ConnectionRefused) || text.contains("connection refused") {
+        Failure::Refused
+    } else if https && (text.contains("certificate") || text.contains("unknownissuer")) {
+        Failure::Certificate
+    } else if https
+        && (text.contains("corrupt message")
+            || text.contains("invalidcontenttype")
+            || text.contains("invalid content type")
+            || text.contains("wrong version number")
+            || text.contains("record overflow"))
+    {
+        Failure::TlsToPlain
+    } else if e.is_timeout() || kind == Some(std::io::ErrorKind::TimedOut) {
+        Failure::Timeout
+    } else if !https
+        && !e.is_connect()
+        && (text.contains("connection closed before message completed")
+            || text.contains("invalid http version")
+            || text.contains("connection reset")
+            || text.contains("unexpected eof")
+            || text.contains("invalid status code")
+            || text.contains("error parsing"))
+    {
+        Failure::PlainToTls
+    } else {
+        Failure::Other
+    }
+}
+
+/// A one-line message for a request to `registry` that got no answer, naming the cause and
+/// what to do (not reqwest's "error sending request for url").
+pub fn describe(registry: &str, e: &reqwest::Error, https: bool) -> String {
+    let (host, port) = match crate::reference::split_host_port(registry) {
+        Some((h, Some(p))) => (h, p.to_owned()),
+        Some((h, None)) => (h, if https { "443" } else { "80" }.to_owned()),
+        None => (registry, String::new()),
+    };
+    match classify(e, https) {
+        Failure::Dns => format!("cannot resolve the host name {host:?}: check the spelling of the registry's name (or use its IP address)"),
+        Failure::Refused => format!(
+            "connection refused: nothing listens on {host} port {port}; is the registry running, and is the port right?"
+        ),
+        Failure::TlsToPlain => format!(
+            "{host} port {port} answers plain HTTP, not TLS: pass --plain-http if this registry is meant to run without TLS"
+        ),
+        Failure::PlainToTls => format!(
+            "{host} port {port} dropped a plain-HTTP request: it probably speaks HTTPS; drop --plain-http"
+        ),
+        Failure::Certificate => format!(
+            "the registry's TLS certificate is not trusted ({}): add its CA to /etc/docker/certs.d/{registry}/ca.crt or the system store, or pass --insecure",
+            first_line(e)
+        ),
+        Failure::Timeout => format!("{host} port {port} did not answer in time: check the address, the network and any firewall"),
+        Failure::Other => first_line(e),
+    }
+}
+
+/// The error and its sources on one line, each said once.
+fn first_line(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&t);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Whether the server spoke TLS but its certificate was refused: not a reason to fall back

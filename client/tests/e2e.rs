@@ -26,6 +26,14 @@ fn summary(img: &Image, transferred: usize, skipped: usize, mounted: usize, byte
     })
 }
 
+/// The `--json` entry of a copy from `source` to `destination` (full references).
+fn copied(summary: serde_json::Value, source: &str, destination: &str) -> serde_json::Value {
+    let mut v = summary;
+    v["source"] = json!(source);
+    v["destination"] = json!(destination);
+    v
+}
+
 fn lines(out: &std::process::Output) -> Vec<String> {
     let mut v: Vec<String> = stdout(out).lines().map(str::to_owned).collect();
     v.sort();
@@ -169,12 +177,28 @@ fn copy_from_berth_to_the_reference_registry_and_back() {
     berth.json(&["push", src, &format!("{a}:2"), "--tag", "1"]);
 
     let mid = format!("{}/mirror/app", reference.addr);
-    let copied = berth.json(&["copy", &format!("{a}:1"), &format!("{mid}:1")]);
-    assert_eq!(copied, json!([summary(&img, n, 0, 0, total)]), "Berth → reference");
+    let out = berth.json(&["copy", &format!("{a}:1"), &format!("{mid}:1")]);
+    assert_eq!(
+        out,
+        json!([copied(
+            summary(&img, n, 0, 0, total),
+            &format!("{a}:1"),
+            &format!("{mid}:1")
+        )]),
+        "Berth → reference"
+    );
 
     let back = format!("{}/back/app", berth_reg.addr);
-    let copied = berth.json(&["copy", &format!("{mid}:1"), &format!("{back}:1")]);
-    assert_eq!(copied, json!([summary(&img, n, 0, 0, total)]), "reference → Berth");
+    let out = berth.json(&["copy", &format!("{mid}:1"), &format!("{back}:1")]);
+    assert_eq!(
+        out,
+        json!([copied(
+            summary(&img, n, 0, 0, total),
+            &format!("{mid}:1"),
+            &format!("{back}:1")
+        )]),
+        "reference → Berth"
+    );
 
     for r in [format!("{a}:1"), format!("{mid}:1"), format!("{back}:1")] {
         assert_eq!(stdout(&berth.ok(&["digest", &r])).trim(), img.digest, "digest of {r}");
@@ -186,13 +210,21 @@ fn copy_from_berth_to_the_reference_registry_and_back() {
     // Every tag; the reference registry now has the blobs in another repository only, so
     // nothing can be skipped.
     let all = format!("{}/all/app", reference.addr);
-    let copied = berth.json(&["copy", "--all-tags", &a, &all]);
-    let copied = copied.as_array().expect("copy --json is an array");
-    assert_eq!(copied.len(), 2, "{copied:?}");
-    for s in copied {
+    let out = berth.json(&["copy", "--all-tags", &a, &all]);
+    let entries = out.as_array().expect("copy --json is an array");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    // Each entry names the tag it copied and the references it acted on.
+    let mut tags: Vec<String> = Vec::new();
+    for s in entries {
+        let tag = s["tag"].as_str().expect("tag").to_owned();
         assert_eq!(s["digest"], json!(img.digest), "{s}");
         assert_eq!(s["blobs"], json!(n), "{s}");
+        assert_eq!(s["source"], json!(format!("{a}:{tag}")), "{s}");
+        assert_eq!(s["destination"], json!(format!("{all}:{tag}")), "{s}");
+        tags.push(tag);
     }
+    tags.sort();
+    assert_eq!(tags, ["1", "2"]);
     assert_eq!(lines(&berth.ok(&["tags", &all])), ["1", "2"]);
 }
 
@@ -207,16 +239,16 @@ fn copy_within_berth_mounts_every_blob() {
     let b = format!("{}/team/mounted:1", reg.addr);
     berth.json(&["push", img.layout.to_str().expect("utf-8 path"), &a]);
 
-    let copied = berth.json(&["copy", &a, &b]);
+    let out = berth.json(&["copy", &a, &b]);
     assert_eq!(
-        copied,
-        json!([summary(&img, 0, 0, n, 0)]),
+        out,
+        json!([copied(summary(&img, 0, 0, n, 0), &a, &b)]),
         "every blob mounted, no bytes moved"
     );
     let again = berth.json(&["copy", &a, &b]);
     assert_eq!(
         again,
-        json!([summary(&img, 0, n, 0, 0)]),
+        json!([copied(summary(&img, 0, n, 0, 0), &a, &b)]),
         "second copy: everything exists"
     );
 
@@ -226,7 +258,7 @@ fn copy_within_berth_mounts_every_blob() {
 
     // Deleting the copy's tag leaves the source alone.
     let deleted = berth.json(&["delete", &b]);
-    assert_eq!(deleted, json!({"deleted": img.digest}));
+    assert_eq!(deleted, json!({"deleted_tag": b, "digest": img.digest}));
     let out = berth.fails(&["digest", &b], 1);
     assert!(
         stderr(&out).contains("MANIFEST_UNKNOWN") || stderr(&out).contains("NOT_FOUND"),

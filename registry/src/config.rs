@@ -46,6 +46,10 @@ pub struct Config {
     /// Garbage collection (the background task of `serve`, and the defaults of
     /// `berth-registry gc`).
     pub gc: GcConfig,
+    /// Reverse proxies whose `X-Forwarded-For` is believed, as addresses or CIDR ranges
+    /// (`10.0.0.0/8`): the request log names the client they forwarded for instead of the
+    /// proxy. Empty by default: anyone can send the header.
+    pub trusted_proxies: Vec<String>,
     /// Storage quotas (`[[quotas]]`), see [`QuotaRule`].
     pub quotas: Vec<QuotaRule>,
     /// Immutable tags (`[[immutable]]`), see [`ImmutableRule`].
@@ -460,6 +464,35 @@ pub struct TlsConfig {
     pub insecure_http: bool,
 }
 
+/// Whether the address or CIDR range `net` contains `ip`; `None` when `net` does not parse.
+fn cidr_contains(net: &str, ip: std::net::IpAddr) -> Option<bool> {
+    use std::net::IpAddr;
+    let (addr, len) = match net.split_once('/') {
+        Some((a, l)) => (a.trim().parse::<IpAddr>().ok()?, Some(l.trim().parse::<u32>().ok()?)),
+        None => (net.trim().parse::<IpAddr>().ok()?, None),
+    };
+    let bits = |ip: IpAddr| -> (u128, u32) {
+        match ip {
+            IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+            IpAddr::V6(v) => match v.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)), 32),
+                None => (u128::from(v), 128),
+            },
+        }
+    };
+    let (want, width) = bits(addr);
+    let len = len.unwrap_or(width);
+    if len > width {
+        return None;
+    }
+    let (have, have_width) = bits(ip);
+    if have_width != width {
+        return Some(false);
+    }
+    let shift = width - len;
+    Some(len == 0 || (want >> shift) == (have >> shift))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -477,6 +510,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             gc: GcConfig::default(),
+            trusted_proxies: Vec::new(),
             quotas: Vec::new(),
             immutable: Vec::new(),
             retention: Vec::new(),
@@ -516,8 +550,22 @@ impl Config {
         }
     }
 
+    /// Whether `ip` is one of `trusted_proxies` (entries that do not parse match nothing;
+    /// [`Config::validate`] refuses them).
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|p| cidr_contains(p, ip).unwrap_or(false))
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for p in &self.trusted_proxies {
+            anyhow::ensure!(
+                cidr_contains(p, std::net::IpAddr::from([0, 0, 0, 0])).is_some(),
+                "trusted_proxies: {p:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+            );
+        }
         anyhow::ensure!(
             self.tls.cert.is_some() == self.tls.key.is_some(),
             "tls: give both a certificate and a key (--tls-cert and --tls-key)"

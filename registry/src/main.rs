@@ -27,6 +27,9 @@ struct Cli {
     /// With no subcommand, `berth-registry` serves.
     #[command(flatten)]
     serve: ServeArgs,
+    /// Log format: `text`, or `json` (one object per line) for log shippers.
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -204,8 +207,9 @@ enum TlsKind {
 
 #[derive(Args, Clone)]
 struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:5000].
-    #[arg(long, env = "BERTH_LISTEN")]
+    /// Address to listen on, HOST:PORT (a name such as localhost:5000 is resolved)
+    /// [default: 127.0.0.1:5000].
+    #[arg(long, env = "BERTH_LISTEN", value_parser = parse_listen)]
     listen: Option<SocketAddr>,
     /// Data directory for blobs and the embedded database [default: ./berth-data].
     #[arg(long, env = "BERTH_DATA")]
@@ -239,6 +243,25 @@ struct ServeArgs {
     /// Allow plain HTTP beyond loopback (behind a TLS-terminating proxy).
     #[arg(long)]
     insecure_http: bool,
+}
+
+/// `HOST:PORT` as an address; a host name is resolved, and the first address it has is used
+/// (IPv4 first: `localhost` means 127.0.0.1, where clients look for it).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs as _;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not HOST:PORT, or the host does not resolve ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -303,6 +326,56 @@ impl StoreArgs {
             .with_context(|| format!("cannot create data directory {}", c.data.display()))?;
         Ok(Meta::connect(&c.database_url()).await?)
     }
+
+    /// Opens the accounts' database for `user` and `robot`, and names it (password hidden):
+    /// an account written to the wrong database is an auth change nobody sees. Where no
+    /// registry data exists it says so instead of creating some: with no --data, BERTH_DATA,
+    /// --database or config file that would be a new `./berth-data` no registry reads.
+    async fn open_accounts(&self) -> anyhow::Result<(Meta, String)> {
+        let c = self.config()?;
+        let url = c.database_url();
+        if c.database.is_none() {
+            let db = c.data.join("berth.db");
+            let defaulted = self.data.is_none() && self.config.is_none();
+            anyhow::ensure!(
+                c.data.is_dir() || !defaulted,
+                "no registry data here ({} does not exist): pass the registry's data directory with \
+                 --data DIR (or BERTH_DATA), as given to `berth-registry serve`, or its --database URL",
+                c.data.display()
+            );
+            if !db.exists() {
+                std::fs::create_dir_all(&c.data)
+                    .with_context(|| format!("cannot create data directory {}", c.data.display()))?;
+                eprintln!(
+                    "berth-registry: {} held no registry database: created a new one at {} \
+                     (a registry serving --data {} will read it)",
+                    c.data.display(),
+                    db.display(),
+                    c.data.display()
+                );
+            }
+        }
+        let meta = Meta::connect(&url).await?;
+        Ok((meta, redact_url(&url)))
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[start..start + at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:***{}", &url[..start + colon], &url[start + at..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -324,16 +397,49 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing in-flight requests");
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal unless NO_COLOR is set).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The log filter: `RUST_LOG` when set (e.g. `RUST_LOG=info,berth_registry=debug`), else
+/// `info`. sqlx logs every statement at `debug` and slow ones at `info`: it stays at `warn`
+/// unless `RUST_LOG` names it (`RUST_LOG=debug,sqlx=debug`).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let wanted = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let directives = match wanted {
+        Some(v) if v.contains("sqlx") => v,
+        Some(v) => format!("{v},sqlx=warn"),
+        None => "info,sqlx=warn".to_owned(),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("berth-registry: RUST_LOG={directives:?} is not a log filter ({e}): using info");
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn")
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.cmd {
         Some(Cmd::Serve(a)) => serve(a).await,
         None => serve(cli.serve).await,
@@ -440,8 +546,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let auth_configured = config.auth.mode.is_some();
     let state = AppState::open(config).await?;
     let _gc = berth_registry::gc::spawn(&state.config.gc, state.meta.clone(), state.blobs.clone());
+    warn_unreachable(&state).await;
+    if !auth_configured && state.auth.mode() == AuthMode::None {
+        tokio::spawn(watch_for_accounts(state.meta.clone()));
+    }
     if !state.config.quotas.is_empty() {
         // Picks up a change of `[[quotas]]` since the last start.
         state.meta.quota_recompute().await.context("recomputing quota usage")?;
@@ -643,6 +754,56 @@ async fn pin(store: StoreArgs, reference: Option<String>, remove: bool, list: bo
     Ok(())
 }
 
+/// How often an open registry (auth `none` because it had no accounts) looks for accounts
+/// added since it started.
+const ACCOUNT_POLL: Duration = Duration::from_secs(3);
+
+/// Logs, loudly and once, that accounts were added while the registry runs open: it chose
+/// `none` at start because there were none, and switching a running registry to token auth
+/// would cut off every client that is in the middle of a push; a restart turns auth on.
+async fn watch_for_accounts(meta: Meta) {
+    loop {
+        tokio::time::sleep(ACCOUNT_POLL).await;
+        match meta.accounts().await {
+            Ok(a) if !a.is_empty() => {
+                let names: Vec<&str> = a.iter().map(|a| a.name.as_str()).collect();
+                tracing::warn!(
+                    accounts = %names.join(","),
+                    "accounts were added while this registry runs open (auth none): everyone may still \
+                     push, pull and delete; restart it to turn token auth on"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot look for new accounts"),
+        }
+    }
+}
+
+/// At start with auth on and no admin configured: warns which repositories no account,
+/// robot or rule reaches any more (typically those pushed while the registry ran open).
+async fn warn_unreachable(state: &AppState) {
+    if state.auth.mode() == AuthMode::None || !state.config.auth.admins.is_empty() {
+        return;
+    }
+    match state.auth.unreachable_repositories().await {
+        Ok(repos) if !repos.is_empty() => {
+            const SHOWN: usize = 20;
+            let mut list = repos.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if repos.len() > SHOWN {
+                list.push_str(&format!(" and {} more", repos.len() - SHOWN));
+            }
+            tracing::warn!(
+                "auth is on and no admin is configured: nobody can reach {} repositories any more: {list}; \
+                 name an admin (admins = [\"NAME\"] under [auth]) or add rules",
+                repos.len()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot check which repositories are reachable"),
+    }
+}
+
 async fn gc(
     store: StoreArgs,
     dry_run: bool,
@@ -686,24 +847,108 @@ fn read_secret_stdin() -> anyhow::Result<String> {
     Ok(pw)
 }
 
-fn check_user_name(name: &str) -> anyhow::Result<()> {
+/// Passwords shorter than this are refused: bcrypt makes guessing slow, not impossible.
+const MIN_PASSWORD_LEN: usize = 8;
+
+fn check_password(pw: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
-        "invalid user name {name:?}: use up to 64 of [A-Za-z0-9._-]"
+        pw.chars().count() >= MIN_PASSWORD_LEN,
+        "password too short: use at least {MIN_PASSWORD_LEN} characters"
     );
     Ok(())
 }
 
+/// A user (or robot) name follows the grammar of the repository namespace a user owns
+/// (`NAME/…`, with `user_namespaces`): lowercase letters and digits, separated by single
+/// `.`, `_`, `__` or runs of `-`, at most 64 bytes. `Dora` could sign in but never own
+/// `Dora/app`, which no client can even name.
+fn check_user_name(name: &str) -> anyhow::Result<()> {
+    let valid = |n: &str| !n.contains('/') && n.len() <= 64 && berth_oci::validate_repository(n).is_ok();
+    if valid(name) {
+        return Ok(());
+    }
+    let lower = name.to_ascii_lowercase();
+    if valid(&lower) {
+        anyhow::bail!(
+            "invalid user name {name:?}: names are lowercase, like the repository namespace the account owns \
+             ({lower}/…); use {lower:?}"
+        );
+    }
+    anyhow::bail!(
+        "invalid user name {name:?}: use up to 64 lowercase letters and digits, separated by single \
+         '.', '_' or '-' (the grammar of a repository path component)"
+    )
+}
+
+/// Reads a new password: from standard input with --password-stdin, else from the terminal,
+/// without echo and twice.
+fn read_new_password(stdin: bool) -> anyhow::Result<String> {
+    use std::io::IsTerminal as _;
+    let pw = if stdin || !std::io::stdin().is_terminal() {
+        read_secret_stdin()?
+    } else {
+        let first = prompt_hidden("Password: ")?;
+        let second = prompt_hidden("Password (again): ")?;
+        anyhow::ensure!(first == second, "the two passwords differ: nothing changed");
+        first
+    };
+    check_password(&pw)?;
+    Ok(pw)
+}
+
+/// Prompts on the terminal and reads a line with echo off (restored afterwards, also when
+/// reading fails).
+fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("opening the terminal to ask for the password (or pipe it in with --password-stdin)")?;
+    tty.write_all(prompt.as_bytes())?;
+    tty.flush()?;
+    let restore = echo_off(&tty);
+    let mut line = String::new();
+    let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+    if let Some(saved) = restore {
+        set_termios(&tty, &saved);
+    }
+    let _ = tty.write_all(b"\n");
+    read.context("reading the password from the terminal")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!pw.is_empty(), "empty password: nothing changed");
+    Ok(pw)
+}
+
+/// Turns echo off on `tty`; returns the settings to restore (`None`: echo stayed on).
+#[allow(unsafe_code)]
+fn echo_off(tty: &std::fs::File) -> Option<libc::termios> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcgetattr fills the termios struct we own for an fd `tty` keeps open.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(tty.as_raw_fd(), &mut t) } != 0 {
+        return None;
+    }
+    let saved = t;
+    t.c_lflag &= !libc::ECHO;
+    t.c_lflag |= libc::ECHONL;
+    set_termios(tty, &t).then_some(saved)
+}
+
+#[allow(unsafe_code)]
+fn set_termios(tty: &std::fs::File, t: &libc::termios) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcsetattr reads the termios struct we pass, for an fd `tty` keeps open.
+    unsafe { libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, t) == 0 }
+}
+
 async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
-    let meta = store.open().await?;
+    let (meta, db) = store.open_accounts().await?;
     match cmd {
-        UserCmd::Add { name, .. } => {
+        UserCmd::Add { name, password_stdin } => {
             check_user_name(&name)?;
-            let hash = hash_password(read_secret_stdin()?).await?;
+            let first = meta.accounts().await?.is_empty();
+            let hash = hash_password(read_new_password(password_stdin)?).await?;
             meta.create_account(&Account {
                 name: name.clone(),
                 kind: "user".into(),
@@ -712,19 +957,22 @@ async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
                 created_at: 0,
             })
             .await?;
-            println!("added user {name}");
+            println!("added user {name} to {db}");
+            if first {
+                first_account_notice();
+            }
         }
-        UserCmd::Passwd { name, .. } => {
-            let hash = hash_password(read_secret_stdin()?).await?;
+        UserCmd::Passwd { name, password_stdin } => {
+            let hash = hash_password(read_new_password(password_stdin)?).await?;
             anyhow::ensure!(
                 meta.set_password(&name, &hash).await?,
-                "no account {name}: add it with `berth-registry user add`"
+                "no account {name} in {db}: add it with `berth-registry user add`"
             );
-            println!("changed the password of {name}");
+            println!("changed the password of {name} in {db}");
         }
         UserCmd::Rm { name } => {
-            anyhow::ensure!(meta.delete_account(&name).await?, "no account {name}");
-            println!("removed {name}");
+            anyhow::ensure!(meta.delete_account(&name).await?, "no account {name} in {db}");
+            println!("removed {name} from {db}");
         }
         UserCmd::List => {
             for a in meta.accounts().await? {
@@ -739,18 +987,29 @@ async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (name, hash) = line
+                // Every entry is checked before any is written: a file is imported whole or
+                // not at all, and the error says so.
+                let entry = line
                     .split_once(':')
-                    .with_context(|| format!("{}:{}: expected NAME:HASH", file.display(), i + 1))?;
-                anyhow::ensure!(
-                    ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)),
-                    "{}:{}: {name} has a non-bcrypt hash; only bcrypt entries are accepted (recreate them with `htpasswd -B`)",
-                    file.display(),
-                    i + 1
-                );
-                check_user_name(name)?;
-                entries.push((name.to_owned(), hash.to_owned()));
+                    .context("expected NAME:HASH")
+                    .and_then(|(name, hash)| {
+                        anyhow::ensure!(
+                            ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)),
+                            "{name} has a non-bcrypt hash; only bcrypt entries are accepted (recreate them with `htpasswd -B`)"
+                        );
+                        check_user_name(name)?;
+                        Ok((name.to_owned(), hash.to_owned()))
+                    })
+                    .with_context(|| {
+                        format!(
+                            "{}:{}: no users were imported (fix or remove this entry and run again)",
+                            file.display(),
+                            i + 1
+                        )
+                    })?;
+                entries.push(entry);
             }
+            let first = meta.accounts().await?.is_empty();
             let (mut added, mut updated) = (0, 0);
             for (name, hash) in entries {
                 let account = Account {
@@ -766,17 +1025,34 @@ async fn user(cmd: UserCmd, store: StoreArgs) -> anyhow::Result<()> {
                         meta.set_password(&name, &hash).await?;
                         updated += 1;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        return Err(anyhow::Error::from(e).context(format!(
+                            "importing {name}: {added} new and {updated} existing users were imported before it"
+                        )))
+                    }
                 }
             }
-            println!("imported {added} new and {updated} existing users");
+            println!("imported {added} new and {updated} existing users into {db}");
+            if first && added > 0 {
+                first_account_notice();
+            }
         }
     }
     Ok(())
 }
 
+/// Says what the first account changes: a registry that chose `none` because there were no
+/// accounts keeps running open until it restarts.
+fn first_account_notice() {
+    eprintln!(
+        "berth-registry: this is the first account: a registry started on this data from now on \
+         requires sign-in (token auth, unless --auth says otherwise); one already running open keeps \
+         running open until it is restarted"
+    );
+}
+
 async fn robot(cmd: RobotCmd, store: StoreArgs) -> anyhow::Result<()> {
-    let meta = store.open().await?;
+    let (meta, db) = store.open_accounts().await?;
     let full = |n: &str| {
         if n.starts_with("robot$") {
             n.to_owned()
@@ -802,6 +1078,7 @@ async fn robot(cmd: RobotCmd, store: StoreArgs) -> anyhow::Result<()> {
             })
             .await??;
             let name = full(&name);
+            let first = meta.accounts().await?.is_empty();
             meta.create_account(&Account {
                 name: name.clone(),
                 kind: "robot".into(),
@@ -810,14 +1087,19 @@ async fn robot(cmd: RobotCmd, store: StoreArgs) -> anyhow::Result<()> {
                 created_at: 0,
             })
             .await?;
-            // Name, then secret: the only time the secret is shown.
+            // Name, then secret: the only time the secret is shown. Standard output carries
+            // only these two lines, for scripts; where they went is said on standard error.
             println!("{name}");
             println!("{secret}");
+            eprintln!("berth-registry: added {name} to {db}");
+            if first {
+                first_account_notice();
+            }
         }
         RobotCmd::Rm { name } => {
             let name = full(&name);
-            anyhow::ensure!(meta.delete_account(&name).await?, "no robot {name}");
-            println!("revoked {name}");
+            anyhow::ensure!(meta.delete_account(&name).await?, "no robot {name} in {db}");
+            println!("revoked {name} in {db}");
         }
         RobotCmd::List => {
             for a in meta.accounts().await?.into_iter().filter(|a| a.kind == "robot") {

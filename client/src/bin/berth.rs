@@ -132,8 +132,15 @@ enum Cmd {
     Inspect { reference: String },
     /// Print an image's manifest digest.
     Digest { reference: String },
-    /// Delete a manifest (by tag: the manifest it points to).
-    Delete { reference: String },
+    /// Delete a tag (`REF:TAG`: the manifest stays, with its other tags), or a manifest
+    /// (`REF@DIGEST`: refused while tags or tagged indexes refer to it, unless --force).
+    Delete {
+        reference: String,
+        /// Delete the manifest even though tags or indexes refer to it (its tags go with it;
+        /// the indexes are left listing a manifest that no longer exists).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_ref(s: &str) -> Result<Reference> {
@@ -255,6 +262,22 @@ async fn run(cli: Cli) -> Result<()> {
                 retries: 2,
             };
             let t = Transport::new(&r.registry, r.api_host(), r.is_loopback(), Some(cred.clone()), &opts)?;
+            // A 401 once credentials were offered means they were refused: say that, not "log in".
+            let refused = |e: Error| match e {
+                Error::Registry {
+                    registry,
+                    status: 401,
+                    code,
+                    ..
+                } => Error::Registry {
+                    message: format!("the registry refused the password of {}", cred.username),
+                    registry,
+                    status: 401,
+                    code,
+                    hint: " (nothing was stored; check the user name and password)".into(),
+                },
+                e => e,
+            };
             let resp = t
                 .send(
                     reqwest::Method::GET,
@@ -263,9 +286,10 @@ async fn run(cli: Cli) -> Result<()> {
                     reqwest::header::HeaderMap::new(),
                     None,
                 )
-                .await?;
+                .await
+                .map_err(refused)?;
             if !resp.status().is_success() {
-                return Err(t.fail(resp).await);
+                return Err(refused(t.fail(resp).await));
             }
             let mut config = DockerConfig::load_default().map_err(|e| Error::Usage(e.to_string()))?;
             config
@@ -301,7 +325,11 @@ async fn run(cli: Cli) -> Result<()> {
                     archive::import(file, tag.as_deref(), &layout, "import")?;
                     (tmp.0.clone(), reference.clone(), Some(tmp))
                 }
-                (None, [dir, reference]) => (PathBuf::from(dir), reference.clone(), None),
+                (None, [dir, reference]) => {
+                    let dir = PathBuf::from(dir);
+                    check_layout_dir(&dir)?;
+                    (dir, reference.clone(), None)
+                }
                 (Some(_), _) => {
                     return Err(Error::Usage(
                         "with --docker-archive FILE give only the destination REF".into(),
@@ -323,8 +351,8 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let s = transfer::push(&layout, pick, &dst, &r.reference(), g.jobs, show).await?;
             let text = format!(
-                "{r}: digest: {} ({} blobs, {} pushed, {} existed)",
-                s.digest, s.blobs, s.transferred, s.skipped
+                "{r}: digest: {} ({} blobs: {} pushed, {} mounted, {} existed; {} bytes sent)",
+                s.digest, s.blobs, s.transferred, s.mounted, s.skipped, s.bytes
             );
             out(&g, serde_json::to_value(&s).unwrap_or_default(), &text);
         }
@@ -393,17 +421,29 @@ async fn run(cli: Cli) -> Result<()> {
                 vec![(s.reference(), d.reference())]
             };
             let mut results = Vec::new();
+            // A digest reference reads `repo@sha256:…`, a tag `repo:tag`.
+            let join = |r: &Reference, at: &str| {
+                let sep = if at.contains(':') { '@' } else { ':' };
+                format!("{}/{}{sep}{at}", r.registry, r.repository)
+            };
             for (a, b) in pairs {
                 let r = transfer::copy(&from, &a, &to, &b, platform.as_deref(), &tmp, g.jobs, show).await;
                 match r {
                     Ok(sum) => {
+                        let (source, destination) = (join(&s, &a), join(&d, &b));
                         if !g.json && !g.quiet {
                             println!(
-                                "{}:{a} → {}:{b}: digest: {} ({} copied, {} mounted, {} existed)",
-                                s.repository, d.repository, sum.digest, sum.transferred, sum.mounted, sum.skipped
+                                "{source} → {destination}: digest: {} ({} copied, {} mounted, {} existed)",
+                                sum.digest, sum.transferred, sum.mounted, sum.skipped
                             );
                         }
-                        results.push(sum);
+                        let mut v = serde_json::to_value(&sum).unwrap_or_default();
+                        v["source"] = serde_json::json!(source);
+                        v["destination"] = serde_json::json!(destination);
+                        if all_tags {
+                            v["tag"] = serde_json::json!(a);
+                        }
+                        results.push(v);
                     }
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&tmp);
@@ -413,7 +453,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let _ = std::fs::remove_dir_all(&tmp);
             if g.json {
-                println!("{}", serde_json::to_value(&results).unwrap_or_default());
+                println!("{}", serde_json::Value::Array(results));
             }
         }
         Cmd::Tags { repository } => {
@@ -432,19 +472,50 @@ async fn run(cli: Cli) -> Result<()> {
             let d = repo(&r, &g)?.resolve(&r.reference()).await?;
             out(&g, serde_json::json!({"digest": d}), &d.to_string());
         }
-        Cmd::Delete { reference } => {
+        Cmd::Delete { reference, force } => {
             let r = parse_ref(&reference)?;
             let rp = repo(&r, &g)?;
-            let d = match &r.digest {
-                Some(d) => d.clone(),
-                None => rp.resolve(&r.reference()).await?,
-            };
-            rp.delete_manifest(&d).await?;
-            out(
-                &g,
-                serde_json::json!({"deleted": d}),
-                &format!("deleted {}@{d}", r.repository),
-            );
+            let name = format!("{}/{}", r.registry, r.repository);
+            match (&r.digest, &r.tag) {
+                (None, tag) => {
+                    let tag = tag.clone().unwrap_or_else(|| "latest".into());
+                    let d = rp.resolve(&tag).await?;
+                    rp.delete_tag(&tag).await?;
+                    out(
+                        &g,
+                        serde_json::json!({"deleted_tag": format!("{name}:{tag}"), "digest": d}),
+                        &format!("deleted the tag {name}:{tag} (the manifest {d} stays, reachable by digest)"),
+                    );
+                }
+                (Some(d), _) => {
+                    let holders = rp.holders(d).await?;
+                    if !holders.is_empty() && !force {
+                        return Err(Error::Usage(format!(
+                            "{name}@{d} is {holders}: delete the tags instead (berth delete {name}:TAG), \
+                             or pass --force to delete the manifest anyway"
+                        )));
+                    }
+                    rp.delete_manifest(d).await?;
+                    let broken: Vec<String> = holders.indexes.iter().map(|(t, i)| format!("{i} ({t})")).collect();
+                    let mut text = format!("deleted the manifest {name}@{d}");
+                    if !holders.tags.is_empty() {
+                        text.push_str(&format!(" and its tags {}", holders.tags.join(", ")));
+                    }
+                    if !broken.is_empty() {
+                        text.push_str(&format!("; these indexes still list it: {}", broken.join(", ")));
+                    }
+                    out(
+                        &g,
+                        serde_json::json!({
+                            "deleted": format!("{name}@{d}"),
+                            "digest": d,
+                            "tags": holders.tags,
+                            "indexes_left_listing_it": holders.indexes.iter().map(|(_, i)| i.to_string()).collect::<Vec<_>>(),
+                        }),
+                        &text,
+                    );
+                }
+            }
         }
         Cmd::Inspect { reference } => {
             let r = parse_ref(&reference)?;
@@ -533,6 +604,27 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses, with its own message, what `push DIR` cannot take: a path that does not exist,
+/// and a file (often a `docker save` archive, which wants --docker-archive).
+fn check_layout_dir(dir: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+            "{}: no such file or directory (push takes an OCI image layout directory, or --docker-archive FILE)",
+            dir.display()
+        ))),
+        Ok(m) if m.is_file() => Err(Error::Usage(format!(
+            "{} is a file, not an OCI image layout directory: {}",
+            dir.display(),
+            if archive::looks_like_tar(dir) {
+                "it is a tar archive (`docker save` writes those): push it with --docker-archive FILE REF"
+            } else {
+                "give the layout's directory (with index.json and blobs/), or a `docker save` archive with --docker-archive"
+            }
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A temporary directory removed when dropped.

@@ -104,6 +104,8 @@ impl Berth {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.args(args)
             .env("DOCKER_CONFIG", &self.docker_config)
+            // berth's record of where blobs are (for mounts) stays inside the test too.
+            .env("XDG_CACHE_HOME", self.docker_config.join("cache"))
             .env("NO_COLOR", "1")
             .env_remove("BERTH_LOG")
             .env_remove("BERTH_CHUNK_SIZE");

@@ -77,6 +77,26 @@ pub enum Access {
     Token(Vec<ResourceActions>),
 }
 
+/// Records who a request acts as on its span (the per-request log line names them): the
+/// account, or `anonymous`.
+fn record_principal(name: &str) {
+    let who = if name.is_empty() { "anonymous" } else { name };
+    tracing::Span::current().record("principal", who);
+}
+
+/// What `needs` a principal was refused, in words: `push alice/app, delete alice/app`.
+fn describe_needs(needs: &[&Need]) -> String {
+    needs
+        .iter()
+        .filter_map(|n| match n {
+            Need::Repo(r, a) => Some(format!("{} {r}", a.as_str())),
+            Need::Catalog => Some("list the catalog".to_owned()),
+            Need::Login | Need::Hint(..) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn token_allows(grants: &[ResourceActions], kind: &str, name: &str, action: &str) -> bool {
     grants
         .iter()
@@ -93,8 +113,8 @@ impl Access {
     }
 }
 
-/// A verified token's grants and expiry (Unix seconds).
-type VerifiedToken = (Vec<ResourceActions>, u64);
+/// A verified token's subject, grants and expiry (Unix seconds).
+type VerifiedToken = (String, Vec<ResourceActions>, u64);
 
 /// The authenticator: mode, policy, accounts, token keys, caches.
 pub struct Auth {
@@ -205,6 +225,35 @@ impl Auth {
     /// The mode in force.
     pub fn mode(&self) -> AuthMode {
         self.mode
+    }
+
+    /// Repositories that no principal may act on: not anonymous clients, no account (user
+    /// namespaces, rules, groups), no robot. Without an admin these are lost to everyone until
+    /// the configuration changes.
+    pub async fn unreachable_repositories(&self) -> anyhow::Result<Vec<String>> {
+        let principals: Vec<Principal> = self
+            .meta
+            .accounts()
+            .await?
+            .iter()
+            .map(Self::principal_of)
+            .chain([Principal::Anonymous])
+            .collect();
+        let mut out = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.meta.catalog(1000, last.as_deref()).await?;
+            for repo in &page {
+                if principals.iter().all(|p| self.policy.allowed(p, repo) == Actions::NONE) {
+                    out.push(repo.clone());
+                }
+            }
+            match page.last() {
+                Some(l) if page.len() == 1000 => last = Some(l.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The token keys (token mode only).
@@ -427,21 +476,22 @@ impl Auth {
         needs: &[Need],
     ) -> Result<Access, AppError> {
         match self.mode {
-            AuthMode::None => Ok(Access::Principal(Principal::Open)),
+            AuthMode::None => {
+                record_principal("");
+                Ok(Access::Principal(Principal::Open))
+            }
             AuthMode::Basic => {
                 let p = match basic_credentials(headers) {
                     Some((u, pw)) => self.login(&u, &pw, peer).await?,
                     None => Principal::Anonymous,
                 };
+                record_principal(p.name());
                 if self.satisfied(&p, needs) {
                     Ok(Access::Principal(p))
                 } else if p == Principal::Anonymous {
                     Err(self.unauthorized("authentication required"))
                 } else {
-                    Err(AppError::new(
-                        Code::Denied,
-                        format!("{} may not {}", p.name(), Self::scope_of(needs)),
-                    ))
+                    Err(self.denied(&p, needs))
                 }
             }
             AuthMode::Token => {
@@ -451,7 +501,7 @@ impl Auth {
                 let Some(t) = bearer(headers) else {
                     return Err(self.bearer_challenge(headers, needs, None, "authentication required"));
                 };
-                let access = match self.verify_cached(keys, t) {
+                let (sub, access) = match self.verify_cached(keys, t) {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::info!(error = %e, "token refused");
@@ -468,8 +518,13 @@ impl Auth {
                     Need::Catalog => token_allows(&access, "registry", "catalog", "*"),
                     Need::Repo(r, a) => token_allows(&access, "repository", r, a.as_str()),
                 });
+                record_principal(&sub);
                 if ok {
                     Ok(Access::Token(access))
+                } else if let Some(denied) = self.denied_for_good(&sub, needs).await {
+                    // A signed-in principal that no token could help: say so, rather than
+                    // send the client back to log in again.
+                    Err(denied)
                 } else {
                     Err(self.bearer_challenge(
                         headers,
@@ -482,29 +537,53 @@ impl Auth {
         }
     }
 
-    /// Verifies a bearer token, remembering good ones until they expire.
-    fn verify_cached(&self, keys: &TokenKeys, t: &str) -> anyhow::Result<Vec<ResourceActions>> {
+    /// 403 `DENIED` for what `p` may not do of `needs`, naming the principal, the actions and
+    /// the repositories ("robot$puller may not push alice/app").
+    fn denied(&self, p: &Principal, needs: &[Need]) -> AppError {
+        let unmet: Vec<&Need> = needs
+            .iter()
+            .filter(|n| !self.satisfied(p, std::slice::from_ref(n)))
+            .collect();
+        AppError::new(Code::Denied, format!("{} may not {}", p.name(), describe_needs(&unmet)))
+    }
+
+    /// In token mode, a token of account `sub` that lacks a needed grant: `DENIED` when the
+    /// policy would not grant it to that account whatever token it asked for; `None` when a
+    /// new token could (the client asked for too narrow a scope), for anonymous tokens, and
+    /// for subjects that are not accounts here (a trusted issuer's).
+    async fn denied_for_good(&self, sub: &str, needs: &[Need]) -> Option<AppError> {
+        if sub.is_empty() {
+            return None;
+        }
+        let account = self.meta.account(sub).await.ok().flatten()?;
+        let p = Self::principal_of(&account);
+        (!self.satisfied(&p, needs)).then(|| self.denied(&p, needs))
+    }
+
+    /// Verifies a bearer token, remembering good ones until they expire: its subject and
+    /// grants.
+    fn verify_cached(&self, keys: &TokenKeys, t: &str) -> anyhow::Result<(String, Vec<ResourceActions>)> {
         let key: [u8; 32] = Sha256::digest(t.as_bytes()).into();
         let now = token::now();
         if let Ok(map) = self.tokens.lock() {
-            if let Some((access, exp)) = map.get(&key) {
+            if let Some((sub, access, exp)) = map.get(&key) {
                 if *exp > now {
-                    return Ok(access.clone());
+                    return Ok((sub.clone(), access.clone()));
                 }
             }
         }
         let claims = keys.verify(t)?;
         if let Ok(mut map) = self.tokens.lock() {
             if map.len() >= TABLE_LIMIT {
-                map.retain(|_, (_, exp)| *exp > now);
+                map.retain(|_, (_, _, exp)| *exp > now);
             }
             // Still full of live tokens (a flood of anonymous ones, say): verify without
             // remembering rather than grow without bound.
             if map.len() < TABLE_LIMIT {
-                map.insert(key, (claims.access.clone(), claims.exp));
+                map.insert(key, (claims.sub.clone(), claims.access.clone(), claims.exp));
             }
         }
-        Ok(claims.access)
+        Ok((claims.sub, claims.access))
     }
 
     /// Grants for `scopes` to `p`: requested ∩ allowed; a partial grant is not an error.

@@ -116,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", any(dispatch))
         .route("/v2/{*path}", any(dispatch))
         .fallback(|| async { AppError::new(Code::NotFound, "no such endpoint: the registry API lives under /v2/") })
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
@@ -243,9 +243,40 @@ fn needs_of(route: &Route, method: &Method) -> Vec<Need> {
     }
 }
 
+/// The client a request came from: the connection's peer, or, when that is one of the
+/// configured `trusted_proxies`, the last address in `X-Forwarded-For` that is not itself a
+/// trusted proxy (earlier entries are whatever the client claimed).
+fn client_address(state: &AppState, peer: Option<std::net::IpAddr>, headers: &axum::http::HeaderMap) -> String {
+    let Some(peer) = peer else {
+        return "-".to_owned();
+    };
+    if !state.config.is_trusted_proxy(peer) {
+        return peer.to_string();
+    }
+    let forwarded: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !state.config.is_trusted_proxy(**ip))
+        .or(forwarded.first())
+        .unwrap_or(&peer)
+        .to_string()
+}
+
 /// Gives every request an id (the client's `X-Request-Id`, or a new one), a tracing span that
 /// carries it, one log line on completion, and the headers every /v2 response carries.
-async fn request_context(mut req: Request<Body>, next: Next) -> Response {
+///
+/// The line says who (`principal`: the account, or `anonymous`; recorded by the
+/// authenticator), from where (`client`), what (method, path, repo), the status, the bytes
+/// received (counted as the handler reads the body: chunked uploads have no length) and sent
+/// (the response's length; a streamed body is sent after this line), and the time taken.
+async fn request_context(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
     // HTTP/2 carries the host in the URI's authority, not in a Host header; the token realm
     // in auth challenges is built from Host, so give every request one.
     if !req.headers().contains_key(header::HOST) {
@@ -265,18 +296,44 @@ async fn request_context(mut req: Request<Body>, next: Next) -> Response {
         .filter(|v| v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = client_address(&state, peer, req.headers());
     let span = tracing::info_span!(
         "request",
         id = %id,
         method = %req.method(),
         path = %req.uri().path(),
         repo = tracing::field::Empty,
+        principal = tracing::field::Empty,
+        client = %client,
     );
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let head = req.method() == Method::HEAD;
+    let req = {
+        let counter = received.clone();
+        let (parts, body) = req.into_parts();
+        let counted = futures::TryStreamExt::map_ok(body.into_data_stream(), move |b| {
+            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+            b
+        });
+        Request::from_parts(parts, Body::from_stream(counted))
+    };
     let started = std::time::Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
+    let sent = if head {
+        0
+    } else {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .or_else(|| axum::body::HttpBody::size_hint(resp.body()).exact())
+            .unwrap_or(0)
+    };
     span.in_scope(|| {
         tracing::info!(
             status = resp.status().as_u16(),
+            bytes_in = received.load(Ordering::Relaxed),
+            bytes_out = sent,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "done"
         );
