@@ -356,6 +356,7 @@ fn join(sys: &dyn Syscall, path: &str, flag: CloneFlags) -> Result<(), Error> {
 }
 
 /// The container's pid 1: everything from namespaces to exec. Never returns.
+#[allow(clippy::too_many_arguments)] // each is one piece of the runner's prepared state
 fn container_main(
     spec: &Spec,
     plan: &NamespacePlan,

@@ -266,7 +266,10 @@ fn rules(args: &[SeccompArg]) -> Result<Vec<seccompiler::SeccompRule>, Error> {
 }
 
 /// The syscall table of the native architecture.
-fn table() -> Result<(&'static [(&'static str, i64)], seccompiler::TargetArch), Error> {
+/// `(name, number)` pairs of one architecture, sorted by name.
+type Table = &'static [(&'static str, i64)];
+
+fn table() -> Result<(Table, seccompiler::TargetArch), Error> {
     match std::env::consts::ARCH {
         "x86_64" => Ok((syscalls::X86_64, seccompiler::TargetArch::x86_64)),
         "aarch64" => Ok((syscalls::AARCH64, seccompiler::TargetArch::aarch64)),
