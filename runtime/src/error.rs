@@ -57,3 +57,37 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+/// `s` with every control character (C0, DEL, C1: ESC sequences, carriage returns, newlines)
+/// written as an escape (`\x1b`, `\u{9b}`), for printing error messages that carry text from
+/// an image (its user, working directory, entrypoint, a layer's entry names): a hostile image
+/// must not be able to move the cursor, rewrite earlier lines or set a terminal's title on the
+/// screen of whoever runs it.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_bytes_are_escaped() {
+        assert_eq!(escape_controls("plain ü text"), "plain ü text");
+        assert_eq!(
+            escape_controls("user \x1b]0;pwned\x07\x1b[2Jx\r\nnext\u{9b}"),
+            "user \\x1b]0;pwned\\x07\\x1b[2Jx\\x0d\\x0anext\\u{9b}"
+        );
+    }
+}

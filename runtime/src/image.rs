@@ -476,6 +476,7 @@ async fn unpack_layer(node: &Node, repo: &Repo, layer: &Descriptor, diff_id: &Di
     let expected = diff_id.clone();
     let ldigest = layer.digest.clone();
     let lsize = layer.size;
+    let max_layer_size = node.max_layer_size;
     let writer = if local || !node.keep_layers {
         None
     } else {
@@ -503,7 +504,7 @@ async fn unpack_layer(node: &Node, repo: &Repo, layer: &Descriptor, diff_id: &Di
         };
         let applied = {
             let decompressed = crate::unpack::decompressor(&media_type, &mut tee).map_err(unpack_err)?;
-            crate::unpack::apply(decompressed, &upper).map_err(unpack_err)?
+            crate::unpack::apply_capped(decompressed, &upper, max_layer_size).map_err(unpack_err)?
         };
         // Whatever the decompressor left still counts toward the compressed digest.
         io::copy(&mut tee, &mut io::sink()).map_err(|e| Error::io(&upper)(e))?;

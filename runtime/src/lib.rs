@@ -13,7 +13,9 @@
 //! - [`spec`]: the OCI runtime spec (`config.json`), the contract between the node and any
 //!   runtime (the embedded one in [`linux`], or `runc`).
 //! - [`sys`]: privileged syscalls behind a trait, with a recording double for tests.
-//! - [`cgroup`]: cgroup v1 and v2 managers rooted at a path passed in.
+//! - [`cgroup`]: cgroup v1 and v2 managers rooted at a path passed in (v2 device rules as an
+//!   eBPF program, [`cgroup::devices`]).
+//! - [`seccomp`]: docker's seccomp profiles resolved for a container and compiled to BPF.
 //! - [`linux`]: the embedded runtime: the container's init (namespaces, mounts, pivot_root,
 //!   capabilities, exec) and `exec` into a running container.
 //! - [`container`]: image config → runtime spec, persisted container state, the supervisor
@@ -31,10 +33,11 @@ pub mod gc;
 pub mod image;
 pub mod linux;
 pub mod node;
+pub mod seccomp;
 pub mod snapshot;
 pub mod spec;
 pub mod sys;
 pub mod unpack;
 
-pub use error::{Error, Result};
+pub use error::{escape_controls, Error, Result};
 pub use node::Node;

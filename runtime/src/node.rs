@@ -40,6 +40,9 @@ pub struct Node {
     /// them, and the unpacked snapshot is what it needs; keeping both doubles the disk
     /// written per pull. Manifests and configs are always kept.
     pub keep_layers: bool,
+    /// The most one layer may unpack to, in bytes (`--max-layer-size`): a sparse or
+    /// compressed bomb stops there (see [`crate::unpack::apply_capped`]).
+    pub max_layer_size: u64,
 }
 
 /// The root's lock, held until dropped.
@@ -58,6 +61,7 @@ impl Node {
             registry,
             runtime,
             keep_layers: false,
+            max_layer_size: crate::unpack::DEFAULT_MAX_LAYER_SIZE,
         })
     }
 

@@ -161,6 +161,58 @@ pub struct Linux {
     /// Propagation of the root mount (`rprivate`, `rslave`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_propagation: Option<String>,
+    /// The syscall filter installed just before exec (none: unconfined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
+}
+
+/// `linux.seccomp`: libseccomp's terms, as docker's profile resolved for one container
+/// (see [`crate::seccomp`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Seccomp {
+    /// The action for syscalls no entry lists (`SCMP_ACT_ERRNO`, …).
+    pub default_action: String,
+    /// The errno of an `SCMP_ACT_ERRNO` default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    /// `SCMP_ARCH_X86_64`, … (the native one and its compatibility ABIs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// Entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syscalls: Vec<SeccompSyscall>,
+}
+
+/// One `linux.seccomp.syscalls` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompSyscall {
+    /// Syscall names.
+    pub names: Vec<String>,
+    /// `SCMP_ACT_ALLOW`, `SCMP_ACT_ERRNO`, …
+    pub action: String,
+    /// The errno of `SCMP_ACT_ERRNO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    /// Argument conditions (ANDed; alternatives when all on one argument).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SeccompArg>,
+}
+
+/// One argument condition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompArg {
+    /// Argument number (0-5).
+    pub index: u32,
+    /// Compared value (the mask for `SCMP_CMP_MASKED_EQ`).
+    pub value: u64,
+    /// The expected value for `SCMP_CMP_MASKED_EQ`.
+    #[serde(default)]
+    pub value_two: u64,
+    /// `SCMP_CMP_EQ`, `SCMP_CMP_NE`, `SCMP_CMP_LT`, `_LE`, `_GT`, `_GE`, `_MASKED_EQ`.
+    pub op: String,
 }
 
 /// A namespace.

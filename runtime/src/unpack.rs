@@ -22,6 +22,12 @@
 //! - `trusted.overlay.*` and `user.overlay.*` xattrs in the tar (PAX `SCHILY.xattr.*`) refuse
 //!   the layer: they would let a layer forge whiteouts, opaque directories or redirects.
 //!
+//! - What a layer may write is bounded ([`apply_capped`]): file bytes as they are written
+//!   (sparse entries and compression bombs count what they expand to, not what they cost to
+//!   download) plus a block per entry, against the smaller of a cap and the free space of the
+//!   destination's filesystem less a reserve, so a bomb stops with a one-line error instead of
+//!   filling the node's disk.
+//!
 //! A refused or failed layer leaves a partial directory: the caller removes the snapshot.
 //!
 //! # Speed
@@ -53,6 +59,16 @@ const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// The default cap on what one layer may unpack to (file bytes plus 512 bytes per entry):
+/// far above any real layer (the largest public images' layers are a few GiB), far below a
+/// bomb's petabytes.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
+/// Free space kept on the destination's filesystem when unpacking: at most this, or 5 % of
+/// the filesystem if that is less, so that the node can still write its records.
+const FREE_SPACE_RESERVE: u64 = 256 << 20;
+/// What each entry counts toward the cap besides its data: one tar block, about an inode.
+const ENTRY_COST: u64 = 512;
 
 /// What applying a layer produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +117,22 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The layer unpacks to more than the cap allows.
+    #[error("layer unpacks to more than the cap of {cap} bytes (raise it with --max-layer-size)")]
+    TooLarge {
+        /// The cap, in bytes.
+        cap: u64,
+    },
+    /// The layer unpacks to more than the destination's filesystem has free.
+    #[error("not enough free space in {}: the layer needs more than the {free} bytes free (besides a reserve of {reserve})", path.display())]
+    NoSpace {
+        /// The destination.
+        path: PathBuf,
+        /// Bytes that were free when unpacking began.
+        free: u64,
+        /// Bytes kept free.
+        reserve: u64,
     },
     /// An operation on the destination itself failed.
     #[error("{op} {path}: {source}")]
@@ -225,7 +257,16 @@ impl<R: Read> Read for Hashing<R> {
 ///
 /// Must run as root (device nodes, ownership, `trusted.*` xattrs). Blocking: call it from
 /// `spawn_blocking`. Nothing is synced: call [`sync`] before committing the snapshot.
+/// Bounded by [`DEFAULT_MAX_LAYER_SIZE`]; see [`apply_capped`].
 pub fn apply<R: Read>(layer: R, dest: &Path) -> Result<Applied, Error> {
+    apply_capped(layer, dest, DEFAULT_MAX_LAYER_SIZE)
+}
+
+/// [`apply`], refusing the layer ([`Error::TooLarge`], [`Error::NoSpace`]) as soon as what it
+/// wrote (file bytes plus 512 per entry) passes `cap` or the free space `dest`'s filesystem
+/// had at the start less a reserve (256 MiB, or 5 % of a smaller filesystem). Layers pulled
+/// in parallel each see the whole free space; the reserve is what keeps them apart.
+pub fn apply_capped<R: Read>(layer: R, dest: &Path, cap: u64) -> Result<Applied, Error> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -249,7 +290,7 @@ pub fn apply<R: Read>(layer: R, dest: &Path) -> Result<Applied, Error> {
         size: 0,
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUFFER, hashing));
-    let mut applier = Applier::new(dest);
+    let mut applier = Applier::new(dest, Budget::new(dest, cap)?);
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         applier.entry(&mut entry)?;
@@ -278,6 +319,56 @@ pub fn sync(dest: &Path) -> Result<(), Error> {
         path: dest.to_owned(),
         source: e.into(),
     })
+}
+
+/// How much a layer may still write, and why it may not write more.
+struct Budget {
+    dest: PathBuf,
+    cap: u64,
+    free: u64,
+    reserve: u64,
+    /// min(cap, free − reserve).
+    limit: u64,
+    used: u64,
+}
+
+impl Budget {
+    fn new(dest: &Path, cap: u64) -> Result<Budget, Error> {
+        let st = nix::sys::statvfs::statvfs(dest).map_err(|e| Error::Io {
+            op: "statvfs",
+            path: dest.to_owned(),
+            source: e.into(),
+        })?;
+        let frsize = st.fragment_size() as u64;
+        let free = (st.blocks_available() as u64).saturating_mul(frsize);
+        let total = (st.blocks() as u64).saturating_mul(frsize);
+        let reserve = FREE_SPACE_RESERVE.min(total / 20);
+        Ok(Budget {
+            dest: dest.to_owned(),
+            cap,
+            free,
+            reserve,
+            limit: cap.min(free.saturating_sub(reserve)),
+            used: 0,
+        })
+    }
+
+    /// Counts `n` more bytes; fails once the total passes the limit.
+    fn spend(&mut self, n: u64) -> Result<(), Error> {
+        self.used = self.used.saturating_add(n);
+        if self.used <= self.limit {
+            return Ok(());
+        }
+        if self.limit == self.cap {
+            Err(Error::TooLarge { cap: self.cap })
+        } else {
+            Err(Error::NoSpace {
+                path: self.dest.clone(),
+                free: self.free,
+                reserve: self.reserve,
+            })
+        }
+    }
 }
 
 /// Ownership, mode, times and xattrs of an entry, from its header and PAX records.
@@ -325,12 +416,14 @@ struct Applier<'d> {
     /// Directory mtimes, applied last, since creating their children changes them.
     dir_times: Vec<(PathBuf, nix::sys::time::TimeSpec)>,
     buffer: Vec<u8>,
+    budget: Budget,
 }
 
 impl<'d> Applier<'d> {
-    fn new(dest: &'d Path) -> Self {
+    fn new(dest: &'d Path, budget: Budget) -> Self {
         Applier {
             dest,
+            budget,
             dirs: BTreeSet::new(),
             dir_times: Vec::new(),
             buffer: vec![0; COPY_BUFFER],
@@ -346,6 +439,7 @@ impl<'d> Applier<'d> {
         {
             return Ok(());
         }
+        self.budget.spend(ENTRY_COST)?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let refuse = |reason: String| Error::Refused {
@@ -658,6 +752,8 @@ impl<'d> Applier<'d> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_err(e)),
             };
+            // Counted before it is written: a bomb stops at the cap, not one buffer past it.
+            self.budget.spend(n as u64)?;
             file.write_all(&self.buffer[..n])
                 .map_err(entry_err(name, "write", full))?;
         }
@@ -863,6 +959,32 @@ pub(crate) mod test_layers {
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
 
+    /// An old-GNU sparse entry (`S`) of `real_size` bytes whose only data, `data`, sits at
+    /// its end: a few hundred bytes in the tar that expand to `real_size` on disk.
+    pub fn sparse_entry(out: &mut Vec<u8>, name: &str, real_size: u64, data: &[u8]) {
+        fn octal(field: &mut [u8; 12], v: u64) {
+            field.copy_from_slice(format!("{v:011o}\0").as_bytes());
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_600_000_000);
+        {
+            let g = h.as_gnu_mut().unwrap();
+            octal(&mut g.sparse[0].offset, real_size - data.len() as u64);
+            octal(&mut g.sparse[0].numbytes, data.len() as u64);
+            octal(&mut g.realsize, real_size);
+        }
+        h.set_cksum();
+        out.write_all(h.as_bytes()).unwrap();
+        out.write_all(data).unwrap();
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
     /// The end-of-archive marker.
     pub fn end(out: &mut Vec<u8>) {
         out.resize(out.len() + 1024, 0);
@@ -899,7 +1021,7 @@ pub(crate) mod test_layers {
 
 #[cfg(test)]
 mod tests {
-    use super::test_layers::{end, get_xattr, raw_entry, root_or_skip, tar, E};
+    use super::test_layers::{end, get_xattr, raw_entry, root_or_skip, sparse_entry, tar, E};
     use super::*;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -1281,5 +1403,83 @@ mod tests {
         assert_eq!(parse_pax_time("1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_pax_time("x"), None);
+    }
+
+    #[test]
+    fn a_sparse_bomb_stops_at_the_cap() {
+        if !root_or_skip() {
+            return;
+        }
+        let mut t = Vec::new();
+        sparse_entry(&mut t, "bomb", 2 << 30, b"tail");
+        end(&mut t);
+        assert!(t.len() < 4096, "the bomb is small: {} bytes", t.len());
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 16 << 20;
+        match apply_capped(&t[..], dir.path(), cap) {
+            Err(Error::TooLarge { cap: c }) => assert_eq!(c, cap),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let written = fs::metadata(dir.path().join("bomb")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= cap, "wrote {written} bytes past the cap of {cap}");
+        // Under the cap the same entry unpacks whole (the reader fills the holes).
+        let mut small = Vec::new();
+        sparse_entry(&mut small, "ok", 1 << 20, b"tail");
+        end(&mut small);
+        let dir = tempfile::tempdir().unwrap();
+        apply_capped(&small[..], dir.path(), cap).unwrap();
+        let data = fs::read(dir.path().join("ok")).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert!(data.ends_with(b"tail"));
+    }
+
+    #[test]
+    fn a_compression_bomb_stops_at_the_cap() {
+        if !root_or_skip() {
+            return;
+        }
+        let zeros = vec![0u8; 64 << 20];
+        let t = tar(&[E::File("zeros", &zeros, 0o644)]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&t).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 1 << 20, "the bomb is small: {} bytes", gz.len());
+        let dir = tempfile::tempdir().unwrap();
+        let r = apply_capped(
+            decompressor("application/vnd.oci.image.layer.v1.tar+gzip", &gz[..]).unwrap(),
+            dir.path(),
+            8 << 20,
+        );
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+        assert!(e.to_string().contains("--max-layer-size"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_larger_than_the_free_space_stops_before_the_disk_is_full() {
+        if !root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=32m"),
+        )
+        .unwrap();
+        let mut t = Vec::new();
+        sparse_entry(&mut t, "big", 64 << 20, b"tail");
+        end(&mut t);
+        let r = apply_capped(&t[..], dir.path(), DEFAULT_MAX_LAYER_SIZE);
+        let used = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = used.blocks_available() as u64 * used.fragment_size() as u64;
+        nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::NoSpace { .. }), "{e:?}");
+        assert!(e.to_string().contains("not enough free space"), "{e}");
+        // The reserve (5 % of 32 MiB) was left free.
+        assert!(free >= (32 << 20) / 20 - 8192, "only {free} bytes left free");
     }
 }

@@ -33,6 +33,10 @@ struct Cli {
     /// Keep compressed layers in the content store after unpacking (default: discard them).
     #[arg(long, global = true)]
     keep_layers: bool,
+    /// The most one layer may unpack to (`64g`, `512m`): a sparse or compressed bomb stops
+    /// there with an error, as does a layer larger than the free space.
+    #[arg(long, global = true, env = "BERTH_MAX_LAYER_SIZE", value_parser = spec::parse_size)]
+    max_layer_size: Option<i64>,
     /// Log what happens (to stderr).
     #[arg(long, global = true)]
     debug: bool,
@@ -175,6 +179,9 @@ enum Cmd {
         cgroups_path: Option<String>,
         #[arg(long)]
         process: PathBuf,
+        /// The container's bundle, whose `linux.seccomp` the process runs under.
+        #[arg(long)]
+        seccomp_from: Option<PathBuf>,
         #[arg(long)]
         pid_file: Option<PathBuf>,
     },
@@ -256,6 +263,9 @@ struct RunArgs {
     /// Run a tiny init as PID 1 that reaps zombies.
     #[arg(long)]
     init: bool,
+    /// `seccomp=unconfined`, `seccomp=PROFILE.json` (docker's format), `no-new-privileges`.
+    #[arg(long)]
+    security_opt: Vec<String>,
     /// Replace the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -289,7 +299,8 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berth-node: {e}");
+            // One line, whatever an image put into the message (see `escape_controls`).
+            eprintln!("berth-node: {}", berth_runtime::escape_controls(&e.to_string()));
             125
         }
     };
@@ -308,6 +319,9 @@ fn node(cli: &Cli) -> Result<Node> {
     };
     let mut node = Node::open(&cli.root, opts, runtime)?;
     node.keep_layers = cli.keep_layers;
+    if let Some(max) = cli.max_layer_size {
+        node.max_layer_size = u64::try_from(max).unwrap_or(u64::MAX);
+    }
     Ok(node)
 }
 
@@ -344,7 +358,7 @@ fn run(cli: Cli) -> Result<i32> {
     match &cli.cmd {
         Cmd::Init { bundle, id, pid_file } => {
             return berth_runtime::linux::run(bundle, id, pid_file.as_deref()).or_else(|e| {
-                eprintln!("berth-node: {e}");
+                eprintln!("berth-node: {}", berth_runtime::escape_controls(&e.to_string()));
                 Ok(125)
             })
         }
@@ -352,17 +366,27 @@ fn run(cli: Cli) -> Result<i32> {
             target,
             cgroups_path,
             process,
+            seccomp_from,
             pid_file,
         } => {
             let bytes = std::fs::read(process).map_err(Error::io(process))?;
             let p: berth_runtime::spec::Process =
                 serde_json::from_slice(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", process.display())))?;
-            return berth_runtime::linux::exec(*target, cgroups_path.as_deref(), &p, pid_file.as_deref()).or_else(
-                |e| {
-                    eprintln!("berth-node: {e}");
-                    Ok(125)
-                },
-            );
+            let seccomp = match seccomp_from {
+                Some(b) => berth_runtime::spec::Spec::load(b).map_err(Error::io(b))?.linux.seccomp,
+                None => None,
+            };
+            return berth_runtime::linux::exec(
+                *target,
+                cgroups_path.as_deref(),
+                &p,
+                seccomp.as_ref(),
+                pid_file.as_deref(),
+            )
+            .or_else(|e| {
+                eprintln!("berth-node: {}", berth_runtime::escape_controls(&e.to_string()));
+                Ok(125)
+            });
         }
         _ => {}
     }
@@ -590,7 +614,7 @@ fn run_container(node: &Node, a: RunArgs) -> Result<i32> {
     };
     let mut env = env_files(&a.env_file)?;
     env.extend(a.env.iter().cloned());
-    let opts = spec::RunOptions {
+    let mut opts = spec::RunOptions {
         cmd: a.cmd.clone(),
         entrypoint: a.entrypoint.clone(),
         env,
@@ -611,7 +635,9 @@ fn run_container(node: &Node, a: RunArgs) -> Result<i32> {
         privileged: a.privileged,
         init: a.init,
         tty: a.tty,
+        ..Default::default()
     };
+    spec::security_opts(&a.security_opt, &mut opts)?;
     let found = Images::load(node)?.find(&a.image).cloned();
     let rec = match (a.pull.as_str(), found) {
         ("missing", Some(rec)) | ("never", Some(rec)) => rec,

@@ -13,6 +13,7 @@
 //! (the container's first process, before it runs anything; its children inherit the cgroup)
 //! → … → [`CgroupManager::kill_all`] → [`CgroupManager::remove`].
 
+pub mod devices;
 mod fs;
 mod v1;
 mod v2;

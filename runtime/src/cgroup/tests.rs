@@ -235,7 +235,13 @@ fn v2_enables_controllers_and_converts_limits() {
     assert!(!leaf.join("cgroup.subtree_control").exists());
 
     fs::write(leaf.join("memory.swap.max"), "max\n").unwrap();
-    m.apply(&resources()).unwrap();
+    // Device rules on v2 are an eBPF program attached to the cgroup: on this fake directory
+    // (not a cgroup) that must fail, never silently run without them.
+    let e = m.apply(&resources()).unwrap_err().to_string();
+    assert!(e.contains("enforce device rules"), "{e}");
+    let mut no_devices = resources();
+    no_devices.devices.clear();
+    m.apply(&no_devices).unwrap();
     assert_eq!(read(leaf.join("memory.max")), "67108864");
     assert_eq!(read(leaf.join("memory.swap.max")), "67108864"); // 128 MiB memory+swap − 64 MiB
     assert_eq!(read(leaf.join("cpu.weight")), "39");

@@ -110,8 +110,14 @@ impl CgroupManager for V2 {
             fs::write(&self.dir, "pids.max", &v)?;
         }
         if !r.devices.is_empty() {
-            // v2 controls devices with an eBPF program, which berth does not load.
-            tracing::debug!(rules = r.devices.len(), "cgroup v2: device rules not enforced");
+            // v2 has no devices.allow: the rules become an eBPF program on the cgroup. Not
+            // being able to attach it fails the start: running without would expose every
+            // device node an image ships (the host's kernel log, its disks).
+            super::devices::attach(&self.dir, &r.devices).map_err(|source| Error::Io {
+                op: "enforce device rules on",
+                path: self.dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

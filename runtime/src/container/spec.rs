@@ -7,8 +7,13 @@ use crate::spec::{
     Capabilities, Cpu, Device, DeviceRule, Linux, Memory, Mount, Namespace, Pids, Process, Resources, Rlimit, Root,
     Spec, User, OCI_VERSION,
 };
+use crate::sys::{read_in_root, secure_join};
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+/// The most of an image's `/etc/passwd` or `/etc/group` read (glibc's own files are a few
+/// KiB; a larger one is an attack on the node's memory, not a user database).
+const ETC_FILE_LIMIT: u64 = 4 << 20;
 
 /// `PATH` when the image sets none (docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -143,6 +148,69 @@ pub struct RunOptions {
     pub init: bool,
     /// Allocate a terminal.
     pub tty: bool,
+    /// The seccomp profile (`--security-opt seccomp=…`).
+    #[serde(default)]
+    pub seccomp: SeccompChoice,
+    /// `--security-opt no-new-privileges`: also for `--privileged` (on by default otherwise).
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+/// Which seccomp profile a container runs under.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum SeccompChoice {
+    /// docker's default profile (none with `--privileged`, as in docker).
+    #[default]
+    Default,
+    /// `seccomp=unconfined`: no filter.
+    Unconfined,
+    /// `seccomp=FILE`: the file's JSON (docker's format), kept in the record so that a
+    /// restart does not depend on the file still being there.
+    Profile(String),
+}
+
+/// Applies docker's `--security-opt` values to `o`: `seccomp=unconfined|FILE` and
+/// `no-new-privileges[=true|false]` (`:` works as the separator too, docker's old spelling).
+pub fn security_opts(opts: &[String], o: &mut RunOptions) -> Result<()> {
+    for opt in opts {
+        let (key, value) = match opt.split_once(['=', ':']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => o.seccomp = SeccompChoice::Unconfined,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Usage(format!("--security-opt seccomp={path}: {e}")))?;
+                crate::seccomp::Profile::parse(&text)
+                    .map_err(|e| Error::Usage(format!("--security-opt seccomp={path}: {e}")))?;
+                o.seccomp = SeccompChoice::Profile(text);
+            }
+            ("no-new-privileges", None | Some("true")) => o.no_new_privileges = true,
+            ("no-new-privileges", Some("false")) => o.no_new_privileges = false,
+            _ => {
+                return Err(Error::Usage(format!(
+                "--security-opt {opt:?}: supported are seccomp=unconfined, seccomp=PROFILE.json and no-new-privileges"
+            )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `linux.seccomp` for a container with capabilities `caps`.
+fn seccomp(o: &RunOptions, caps: &[String]) -> Result<Option<crate::spec::Seccomp>> {
+    use crate::seccomp::{kernel_version, native_arch, Profile};
+    let profile = match &o.seccomp {
+        _ if o.privileged => return Ok(None),
+        SeccompChoice::Unconfined => return Ok(None),
+        SeccompChoice::Default => Profile::docker_default(),
+        SeccompChoice::Profile(text) => Profile::parse(text).map_err(|e| Error::Usage(e.to_string()))?,
+    };
+    let s = profile.resolve(native_arch().0, caps, kernel_version());
+    // Refuse now what the embedded runtime could not compile later (an unknown action).
+    crate::seccomp::compile(&s).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Some(s))
 }
 
 /// Normalizes a capability name to `CAP_X`.
@@ -233,58 +301,19 @@ pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
     Ok((n * mult as f64) as i64)
 }
 
-/// Looks a path up inside `root` the way the container will see it: symlinks resolve
-/// relative to `root` and `..` stops at it, so no lookup made on the container's behalf from
-/// the host (its /etc/passwd, its working directory) can reach outside its root filesystem.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    let mut pending: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .rev()
-        .map(str::to_owned)
-        .collect();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_str() {
-            "." => continue,
-            ".." => {
-                out.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate = out.join(&c);
-        let host = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
-        match std::fs::read_link(&host) {
-            Ok(target) if hops < 40 => {
-                hops += 1;
-                let t = target.to_string_lossy().into_owned();
-                if t.starts_with('/') {
-                    out = PathBuf::from("/");
-                }
-                for part in t.split('/').filter(|p| !p.is_empty()).rev() {
-                    pending.push(part.to_owned());
-                }
-            }
-            _ => out = candidate,
-        }
-    }
-    let rel: PathBuf = out.components().filter(|c| matches!(c, Component::Normal(_))).collect();
-    root.join(rel)
-}
-
-/// Reads `/etc/<file>` of the rootfs as `name:x:id:...` lines.
-fn etc_entries(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
-    let p = resolve_in_root(rootfs, &format!("/etc/{file}"));
-    let Ok(text) = std::fs::read_to_string(p) else {
-        return Vec::new();
+/// Reads `/etc/<file>` of the rootfs as `name:x:id:...` lines (none when the file is
+/// missing; an error when its path cannot be resolved inside the rootfs).
+fn etc_entries(rootfs: &Path, file: &str) -> Result<Vec<Vec<String>>> {
+    let inside = Path::new("/etc").join(file);
+    let Some(bytes) = read_in_root(rootfs, &inside, ETC_FILE_LIMIT).map_err(Error::io(&inside))? else {
+        return Ok(Vec::new());
     };
-    text.lines()
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
         .filter(|f| f.len() >= 3)
-        .collect()
+        .collect())
 }
 
 /// Resolves `user[:group]` (names from the image's /etc/passwd and /etc/group, numbers as
@@ -294,8 +323,8 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<User> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = etc_entries(rootfs, "passwd");
-    let groups = etc_entries(rootfs, "group");
+    let passwd = etc_entries(rootfs, "passwd")?;
+    let groups = etc_entries(rootfs, "group")?;
     let (uid, name, mut gid) = if u.is_empty() {
         (0, Some("root".to_owned()), 0)
     } else if let Ok(n) = u.parse::<u32>() {
@@ -479,14 +508,16 @@ pub fn build(i: &Inputs, o: &RunOptions) -> Result<Spec> {
             "the working directory {cwd:?} must be an absolute path"
         )));
     }
-    // docker creates a missing working directory.
-    let host_cwd = resolve_in_root(i.rootfs, &cwd);
-    if !host_cwd.exists() && !o.read_only {
-        std::fs::create_dir_all(&host_cwd).map_err(Error::io(&host_cwd))?;
-        let _ = std::os::unix::fs::chown(&host_cwd, Some(user.uid), Some(user.gid));
+    // docker creates a missing working directory (owned by the user, as docker does), and
+    // only inside the rootfs: resolved by the one resolver, created without following links.
+    let host_cwd = secure_join(i.rootfs, Path::new(&cwd)).map_err(Error::io(&cwd))?;
+    if std::fs::symlink_metadata(&host_cwd).is_err() && !o.read_only {
+        crate::sys::create_dir_all(&host_cwd, 0o755).map_err(Error::io(&cwd))?;
+        let _ = std::os::unix::fs::lchown(&host_cwd, Some(user.uid), Some(user.gid));
     }
 
     let caps = capabilities(o)?;
+    let seccomp = seccomp(o, &caps)?;
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -635,7 +666,7 @@ pub fn build(i: &Inputs, o: &RunOptions) -> Result<Spec> {
                 ambient: Vec::new(),
             }),
             rlimits: vec![nofile()],
-            no_new_privileges: !o.privileged,
+            no_new_privileges: !o.privileged || o.no_new_privileges,
         },
         root: Root {
             path: "rootfs".into(),
@@ -666,6 +697,7 @@ pub fn build(i: &Inputs, o: &RunOptions) -> Result<Spec> {
                 dev("/dev/tty", 5, 0),
             ],
             rootfs_propagation: Some("rprivate".into()),
+            seccomp,
         },
         annotations,
     })
@@ -737,9 +769,27 @@ mod tests {
         let r = rootfs();
         std::os::unix::fs::symlink("/etc", r.path().join("escape")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", r.path().join("up")).unwrap();
-        assert_eq!(resolve_in_root(r.path(), "/escape/passwd"), r.path().join("etc/passwd"));
-        assert_eq!(resolve_in_root(r.path(), "/up/passwd"), r.path().join("etc/passwd"));
-        assert_eq!(resolve_in_root(r.path(), "/../../x"), r.path().join("x"));
+        assert_eq!(
+            secure_join(r.path(), Path::new("/escape/passwd")).unwrap(),
+            r.path().join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(r.path(), Path::new("/up/passwd")).unwrap(),
+            r.path().join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(r.path(), Path::new("/../../x")).unwrap(),
+            r.path().join("x")
+        );
+        // An /etc/passwd that is not a regular file (a device node, a FIFO) is never read.
+        std::fs::remove_file(r.path().join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(
+            &r.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = resolve_user(r.path(), "app").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

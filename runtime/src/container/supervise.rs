@@ -440,6 +440,7 @@ pub fn exec(node: &Node, c: &Container, process: &crate::spec::Process, interact
                 .arg(pid.to_string());
             cmd.arg("--cgroups-path").arg(format!("/berth/{}", c.record.id));
             cmd.arg("--process").arg(&file);
+            cmd.arg("--seccomp-from").arg(&c.dir);
             cmd
         }
         Some(rt) => {

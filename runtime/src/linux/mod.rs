@@ -184,6 +184,8 @@ fn start_container(
         dirs: cg.dirs(),
     };
     let init = spec.annotations.get(INIT_ANNOTATION).is_some_and(|v| v == "true");
+    // Compiled here, in the runner, so that a bad profile is an error before anything starts.
+    let filters = seccomp_filters(spec.linux.seccomp.as_ref())?;
     let signals = BlockedSignals::block()?;
     match &plan.pid {
         PidNs::Host => {}
@@ -193,7 +195,7 @@ fn start_container(
         PidNs::Join(p) => join(&Linux, p, CloneFlags::CLONE_NEWPID)?,
     }
     let child = spawn(Some(cg), pid_file, |ready| {
-        container_main(spec, plan, rootfs, &view, init, &signals, ready)
+        container_main(spec, plan, rootfs, &view, init, &filters, &signals, ready)
     })?;
     wait_forwarding(child, false)
 }
@@ -202,7 +204,13 @@ fn start_container(
 /// ipc, uts, net, cgroup, pid and mount namespaces (those that differ from ours) and, with
 /// `cgroups_path`, its cgroup; in the foreground; returns the exit status as [`run`] does.
 /// Must be called in a fresh single-threaded process.
-pub fn exec(target: i32, cgroups_path: Option<&str>, process: &Process, pid_file: Option<&Path>) -> Result<i32, Error> {
+pub fn exec(
+    target: i32,
+    cgroups_path: Option<&str>,
+    process: &Process,
+    seccomp: Option<&crate::spec::Seccomp>,
+    pid_file: Option<&Path>,
+) -> Result<i32, Error> {
     let _span = tracing::info_span!("exec", target).entered();
     ensure_single_threaded()?;
     if process.args.is_empty() {
@@ -237,6 +245,7 @@ pub fn exec(target: i32, cgroups_path: Option<&str>, process: &Process, pid_file
         }
         None => None,
     };
+    let filters = seccomp_filters(seccomp)?;
     let signals = BlockedSignals::block()?;
     // The pid namespace only applies to children: join it here, before the fork.
     if let Some((fd, flag)) = namespaces.iter().find(|(_, f)| *f == CloneFlags::CLONE_NEWPID) {
@@ -259,7 +268,7 @@ pub fn exec(target: i32, cgroups_path: Option<&str>, process: &Process, pid_file
         if let Err(e) = r {
             die(EXIT_SETUP_FAILED, &e);
         }
-        exec_now(process, &signals)
+        exec_now(&sys, process, &filters, &signals)
     })?;
     wait_forwarding(child, false)
 }
@@ -347,12 +356,14 @@ fn join(sys: &dyn Syscall, path: &str, flag: CloneFlags) -> Result<(), Error> {
 }
 
 /// The container's pid 1: everything from namespaces to exec. Never returns.
+#[allow(clippy::too_many_arguments)] // each is one piece of the runner's prepared state
 fn container_main(
     spec: &Spec,
     plan: &NamespacePlan,
     rootfs: &Path,
     cgroup: &CgroupView,
     init: bool,
+    filters: &[crate::seccomp::Program],
     signals: &BlockedSignals,
     ready: OwnedFd,
 ) -> ! {
@@ -364,7 +375,7 @@ fn container_main(
         if let Err(e) = enter_session(&sys, &spec.process, std::io::stdin().as_fd()) {
             die(EXIT_SETUP_FAILED, &e);
         }
-        exec_now(&spec.process, signals)
+        exec_now(&sys, &spec.process, filters, signals)
     }
     // The tiny init: fork the real process, then reap and forward until it exits.
     let main = match fork_process() {
@@ -372,7 +383,7 @@ fn container_main(
             if let Err(e) = enter_session(&sys, &spec.process, std::io::stdin().as_fd()) {
                 die(EXIT_SETUP_FAILED, &e);
             }
-            exec_now(&spec.process, signals)
+            exec_now(&sys, &spec.process, filters, signals)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => die(EXIT_SETUP_FAILED, &e),
@@ -416,8 +427,13 @@ fn setup_container(
     apply_identity(sys, &spec.process)
 }
 
-/// Restores the signal mask and execs; on failure prints the cause and exits 126/127.
-fn exec_now(process: &Process, signals: &BlockedSignals) -> ! {
+/// Installs the seccomp filters (the last step: nothing of ours runs under them but the
+/// signal mask restore and `execve`, both allowed by any profile that lets a program start),
+/// restores the signal mask and execs; on failure prints the cause and exits 125/126/127.
+fn exec_now(sys: &dyn Syscall, process: &Process, filters: &[crate::seccomp::Program], signals: &BlockedSignals) -> ! {
+    if let Err(e) = install_seccomp(sys, filters) {
+        die(EXIT_SETUP_FAILED, &e);
+    }
     if let Err(e) = signals.restore() {
         die(EXIT_SETUP_FAILED, &e);
     }
@@ -425,9 +441,29 @@ fn exec_now(process: &Process, signals: &BlockedSignals) -> ! {
     die(f.code, &f.message)
 }
 
+/// The BPF programs for `linux.seccomp` (none when unconfined).
+fn seccomp_filters(s: Option<&crate::spec::Seccomp>) -> Result<Vec<crate::seccomp::Program>, Error> {
+    match s {
+        None => Ok(Vec::new()),
+        Some(s) => crate::seccomp::compile(s).map_err(|e| Error::InvalidSpec(e.to_string())),
+    }
+}
+
+/// Installs `filters` in order (see [`crate::seccomp`] for why there may be several).
+pub fn install_seccomp(sys: &dyn Syscall, filters: &[crate::seccomp::Program]) -> Result<(), Error> {
+    for f in filters {
+        sys.seccomp(f).map_err(sys_err("install the seccomp filter"))?;
+    }
+    Ok(())
+}
+
 /// Prints `berth-node: <cause>` and exits at once.
 fn die(code: i32, cause: &dyn std::fmt::Display) -> ! {
-    let _ = writeln!(io::stderr(), "berth-node: {cause}");
+    let _ = writeln!(
+        io::stderr(),
+        "berth-node: {}",
+        crate::escape_controls(&cause.to_string())
+    );
     exit(code)
 }
 

@@ -151,6 +151,7 @@ fn docker_like_spec(args: &[&str], cgroups_path: &str) -> Spec {
             readonly_paths: strings(&["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]),
             devices: Vec::new(),
             rootfs_propagation: None,
+            seccomp: None,
         },
         annotations: BTreeMap::new(),
     }
@@ -590,7 +591,7 @@ fn serve_probe() {
                     target,
                     cgroups_path,
                     process,
-                } => exec(*target, cgroups_path.as_deref(), process, req.pid_file.as_deref()),
+                } => exec(*target, cgroups_path.as_deref(), process, None, req.pid_file.as_deref()),
             };
             let code = match r {
                 Ok(c) => c,

@@ -184,6 +184,13 @@ impl Syscall for Linux {
     fn set_no_new_privs(&self) -> io::Result<()> {
         nix::sys::prctl::set_no_new_privs().map_err(errno_err)
     }
+
+    fn seccomp(&self, program: &crate::seccomp::Program) -> io::Result<()> {
+        seccompiler::apply_filter(program).map_err(|e| match e {
+            seccompiler::Error::Seccomp(io) | seccompiler::Error::Prctl(io) => io,
+            other => io::Error::other(other.to_string()),
+        })
+    }
 }
 
 #[allow(unsafe_code)]

@@ -17,7 +17,7 @@ mod recording;
 
 pub use linux::Linux;
 pub use options::MountOptions;
-pub use path::{create_dir_all, create_file, secure_join};
+pub use path::{create_dir_all, create_file, read_in_root, secure_join, MAX_LINKS};
 pub use recording::{Call, Recording};
 
 use crate::snapshot::Mount;
@@ -104,6 +104,10 @@ pub trait Syscall {
     fn set_capabilities(&self, set: CapabilitySet, caps: &CapsHashSet) -> io::Result<()>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     fn set_no_new_privs(&self) -> io::Result<()>;
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)` with `program` (through seccompiler, which sets
+    /// `no_new_privs` first, as an unprivileged filter requires): for this thread and what it
+    /// execs, irrevocably.
+    fn seccomp(&self, program: &crate::seccomp::Program) -> io::Result<()>;
 }
 
 /// Parses capability names (`CAP_CHOWN`, or `chown`); names this build does not know are

@@ -6,6 +6,11 @@
 //! [`secure_join`] resolves each link itself, clamped to the root (like Go's filepath-securejoin),
 //! and the creation helpers never follow a final symlink. Nothing of the container runs yet while
 //! these are used, so the resolved path cannot be swapped under us from inside.
+//!
+//! This is the crate's ONE resolver for paths taken from an image (working directory,
+//! `/etc/passwd` and `/etc/group`, volume and mount targets, `/etc` files, `cp`): a second,
+//! lenient copy is how escapes happen. It fails closed: a chain of more than 40 links is an
+//! error (`ELOOP`, as the kernel answers), never "treat the last link as a directory".
 
 use std::ffi::OsString;
 use std::fs;
@@ -13,8 +18,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-/// How many symlinks one resolution may follow before giving up (Linux's own limit is 40).
-const MAX_LINKS: usize = 255;
+/// How many symlinks one resolution may follow before giving up: Linux's own limit (40,
+/// `ELOOP`), so a path the kernel would refuse inside the container is refused here too.
+pub const MAX_LINKS: usize = 40;
 
 /// Resolves `unsafe_path` (absolute or relative, as seen from inside the container) under
 /// `root`, following symlinks as if `root` were `/`: `..` never climbs above `root` and an
@@ -41,7 +47,7 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> io::Result<PathBuf> {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         format!(
-                            "too many symlinks resolving {} in {}",
+                            "more than {MAX_LINKS} symlinks resolving {} in {}",
                             unsafe_path.display(),
                             root.display()
                         ),
@@ -125,6 +131,40 @@ pub fn create_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Reads the regular file `unsafe_path` of the container's root (resolved by [`secure_join`]),
+/// at most `limit` bytes: `None` when it does not exist. A final symlink is never followed and
+/// anything but a regular file (a device node, a FIFO an image shipped as `/etc/passwd`) is
+/// refused, so reading an image's file from the host can neither block nor read a host device.
+pub fn read_in_root(root: &Path, unsafe_path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let p = secure_join(root, unsafe_path)?;
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", unsafe_path.display()),
+        ));
+    }
+    if m.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is larger than {limit} bytes", unsafe_path.display()),
+        ));
+    }
+    let mut buf = Vec::with_capacity(m.len() as usize);
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +190,25 @@ mod tests {
         );
         assert_eq!(secure_join(root, Path::new("/")).unwrap(), root.to_path_buf());
         assert!(secure_join(root, Path::new("/loop1/x")).is_err());
+    }
+
+    #[test]
+    fn a_chain_of_more_than_40_links_fails_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let outside = tempfile::tempdir().unwrap();
+        // l0 -> l1 -> … -> l40 -> OUTSIDE: 41 links; the last would lead out if it were
+        // taken as a plain directory.
+        for i in 0..41 {
+            symlink(format!("l{}", i + 1), root.join(format!("l{i}"))).unwrap();
+        }
+        symlink(outside.path(), root.join("l41")).unwrap();
+        let e = secure_join(root, Path::new("/l0/work")).unwrap_err();
+        assert!(e.to_string().contains("more than 40 symlinks"), "{e}");
+        // Exactly 40 links resolve.
+        fs::remove_file(root.join("l40")).unwrap();
+        fs::create_dir(root.join("l40")).unwrap();
+        assert_eq!(secure_join(root, Path::new("/l0/work")).unwrap(), root.join("l40/work"));
     }
 
     #[test]

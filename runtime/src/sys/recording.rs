@@ -37,6 +37,10 @@ pub enum Call {
         put_old: PathBuf,
     },
     Chdir(PathBuf),
+    /// A seccomp filter of that many instructions.
+    Seccomp {
+        instructions: usize,
+    },
     Sethostname(String),
     Unshare(CloneFlags),
     Setns(CloneFlags),
@@ -239,5 +243,10 @@ impl Syscall for Recording {
     }
     fn set_no_new_privs(&self) -> io::Result<()> {
         self.record(Call::SetNoNewPrivs)
+    }
+    fn seccomp(&self, program: &crate::seccomp::Program) -> io::Result<()> {
+        self.record(Call::Seccomp {
+            instructions: program.len(),
+        })
     }
 }
