@@ -178,7 +178,8 @@ async fn blob_gets_redirect_to_the_store_after_the_access_check() {
         }
         let redirected = reg
             .log()
-            .matches("team/busybox\"}: berth_registry::http: done status=307")
+            .lines()
+            .filter(|l| l.contains("repo=\"team/busybox\"") && l.contains("berth_registry::http: done status=307"))
             .count();
         assert!(
             redirected >= 2,
